@@ -137,14 +137,17 @@ class DataConfig:
     """Token files and their order (`olmo.config.DataConfig` names)."""
 
     paths: list[str] = field(default_factory=list)
-    # Named sources mixed by weight: {name: {"paths": [...], "weight": w}}. Empty: plain `paths`.
+    # Tokens per training instance; None: model.max_sequence_length (OLMo's instance length).
+    sequence_length: int | None = None
+    # Named sources, {name: {"paths": [...], "weight": w}} or OLMo's {name: [paths]}; concatenated in name order.
+    # A weight is a sampling rate per epoch (2: every instance twice; 0.5: a fixed random half). Empty: `paths`.
     sources: dict[str, Any] = field(default_factory=dict)
     # dtype of the token files; None: uint16 when the vocab fits, else uint32.
     dtype: Literal["uint16", "uint32"] | None = None
     drop_last: bool = True
     seed: int | None = None  # None: the run's seed
-    prefetch: int = 2
-    num_workers: int = 0
+    prefetch: int = 2  # host batches prepared ahead in the background (0: none)
+    num_workers: int = 0  # threads preparing them (0 means 1)
     # The built-in corpus used when no paths are given (the offline default run).
     builtin_corpus: bool = True
 
@@ -208,6 +211,8 @@ class TrainConfig:
     nonfinite_policy: Literal["skip", "stop"] = "skip"
     max_nonfinite_steps: int = 10
     wandb: bool = False
+    # Dense peak FLOP/s of one device for MFU; None: looked up from the device kind (unknown on CPUs).
+    peak_flops_per_device: float | None = None
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
@@ -361,10 +366,18 @@ def apply_override(config: Any, dotted_key: str, raw_value: Any) -> None:
                 raise ConfigError(f"config key '{section}' is not a section; cannot set '{dotted_key}'")
 
 
+def _presets_dir():
+    """The presets: the installed `olmo_jax.configs` package, or `configs/` beside a source checkout
+    (when the source tree is imported without installing, e.g. `python -m pytest` from the repo root)."""
+    try:
+        return importlib.resources.files("olmo_jax.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "configs"
+
+
 def preset_names() -> list[str]:
     """Names accepted by `--config=NAME`."""
-    root = importlib.resources.files("olmo_jax.configs")
-    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[: -len(".yaml")] for p in _presets_dir().iterdir() if p.name.endswith(".yaml"))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -380,15 +393,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def load_config(name_or_path: str, overrides: dict[str, str] | None = None) -> TrainConfig:
     """Resolve `--config=NAME|PATH` and apply `--config.key=value` overrides.
 
-    A path whose YAML looks like an original OLMo config (it has `model.mlp_ratio`-style keys we do not
-    know, or OLMo-only sections) is translated by `olmo_jax.olmo_yaml`.
+    A path whose YAML is an original OLMo config (it has OLMo-only keys such as `precision`, `fsdp` or
+    `model.block_type`) is translated by `olmo_jax.olmo_yaml`.
     """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"config file {name_or_path} does not exist")
         data = _read_yaml(path)
-        if data.pop("olmo_jax", None) is None and _looks_like_olmo_yaml(data):
+        if _looks_like_olmo_yaml(data):
             from olmo_jax.olmo_yaml import translate_olmo_yaml
 
             config = translate_olmo_yaml(data)
@@ -400,9 +413,8 @@ def load_config(name_or_path: str, overrides: dict[str, str] | None = None) -> T
             raise ConfigError(
                 f"unknown config {name_or_path!r}; presets: {', '.join(names)} (or a path to a YAML file)"
             )
-        resource = importlib.resources.files("olmo_jax.configs") / f"{name_or_path}.yaml"
+        resource = _presets_dir() / f"{name_or_path}.yaml"
         data = yaml.safe_load(resource.read_text())
-        data.pop("olmo_jax", None)
         config = from_dict(TrainConfig, data)
     for key, value in (overrides or {}).items():
         apply_override(config, key, value)
@@ -410,10 +422,14 @@ def load_config(name_or_path: str, overrides: dict[str, str] | None = None) -> T
     return config
 
 
+# Keys that only an original OLMo YAML has (our own files never carry them).
+_OLMO_YAML_MARKERS = {"precision", "fsdp", "evaluators", "speed_monitor", "compile", "ddp", "activation_checkpointing"}
+_OLMO_MODEL_MARKERS = {"block_type", "attention_dropout", "residual_dropout", "layer_norm_type", "activation_type"}
+
+
 def _looks_like_olmo_yaml(data: dict[str, Any]) -> bool:
-    """OLMo's YAML files carry keys our TrainConfig does not have (e.g. `precision`, `fsdp`, `evaluators`)."""
-    known = set(_field_types(TrainConfig))
-    return any(k not in known for k in data)
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    return bool(_OLMO_YAML_MARKERS & set(data) or _OLMO_MODEL_MARKERS & set(model))
 
 
 def split_config_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:

@@ -98,6 +98,19 @@ def attention_implementation(config: ModelConfig, dtype) -> str | None:
     return "cudnn" if on_cuda and dtype in (jnp.bfloat16, jnp.float16) else "xla"
 
 
+def constrain_activations(x: jax.Array) -> jax.Array:
+    """Keep activations [B, T, ...] sharded by batch over the mesh's (data, fsdp) axes, when a mesh is set.
+
+    Without this hint XLA may follow the fsdp-sharded weights and shard activations on the model
+    dimension instead, replicating the batch on every device.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not {"data", "fsdp"} <= set(mesh.axis_names):
+        return x
+    spec = jax.sharding.PartitionSpec(("data", "fsdp"), *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def block(x: jax.Array, w: BlockWeights, cos: jax.Array, sin: jax.Array, config: ModelConfig) -> jax.Array:
     """One sequential OLMo block on x [B, T, d_model] in the compute dtype."""
     dtype = x.dtype
@@ -115,7 +128,7 @@ def block(x: jax.Array, w: BlockWeights, cos: jax.Array, sin: jax.Array, config:
     h = layer_norm(x, config.layer_norm_eps)
     up_gate = jnp.einsum("btd,dkf->btkf", h, w.ff_proj.astype(dtype))
     up, gate = up_gate[:, :, 0], up_gate[:, :, 1]
-    return x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w.ff_out.astype(dtype))
+    return constrain_activations(x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w.ff_out.astype(dtype)))
 
 
 class OLMo(nnx.Module):
@@ -153,9 +166,9 @@ class OLMo(nnx.Module):
         """Final-LayerNorm'd hidden states [B, T, d_model] in the compute dtype."""
         config = self.config
         dtype = DTYPES[config.compute_dtype]
-        x = jnp.take(self.wte.value, tokens, axis=0).astype(dtype)
+        x = constrain_activations(jnp.take(self.wte[...], tokens, axis=0).astype(dtype))
         cos, sin = rope_tables(tokens.shape[1], config.head_dim, config.rope_theta)
-        weights = BlockWeights(self.att_proj.value, self.attn_out.value, self.ff_proj.value, self.ff_out.value)
+        weights = BlockWeights(self.att_proj[...], self.attn_out[...], self.ff_proj[...], self.ff_out[...])
 
         def layer(x: jax.Array, w: BlockWeights) -> tuple[jax.Array, None]:
             return block(x, w, cos, sin, config), None
@@ -171,7 +184,7 @@ class OLMo(nnx.Module):
 
     def head_weight(self) -> jax.Array:
         """LM head as [d_model, embedding_size] (the transposed embedding when tied)."""
-        return self.wte.value.T if self.config.weight_tying else self.lm_head.value
+        return self.wte[...].T if self.config.weight_tying else self.lm_head[...]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM head: hidden [B, T, d] -> fp32 logits [B, T, embedding_size] (fp32 accumulation)."""

@@ -1,0 +1,118 @@
+"""OLMo's optimizer as an Optax chain, and OLMo's learning-rate and grad-clip schedules.
+
+Chain: global-norm clipping -> AdamW (PyTorch semantics, decay scaled by the LR, OLMo's decay groups).
+The learning rate and the clipping limit are injected hyperparameters set from the host every step,
+because OLMo's schedules may run in token units (and the batch size may grow), which a step count
+inside the jitted update cannot know.
+
+Step convention (OLMo's trainer): the k-th update (k = 1, 2, ...) uses `lr_at(k)` in step units, or
+`lr_at(tokens seen after k batches)` in token units; likewise the clip warmup applies while k <= N.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from olmo_jax.config import OptimizerConfig, SchedulerConfig
+
+# Weights that are embeddings in OLMo's sense (decayed only with `decay_embeddings`). OLMo-1 has no
+# norm weights or biases, so `decay_norm_and_bias` never selects anything in this model.
+EMBEDDING_PARAMS = ("wte",)
+
+
+def decay_mask(params: dict, optimizer: OptimizerConfig) -> dict:
+    """True where weight decay applies: every Linear weight (untied LM head included), plus the
+    embedding if `decay_embeddings` (a tied embedding is the embedding, so it follows that flag)."""
+    return {name: optimizer.decay_embeddings if name in EMBEDDING_PARAMS else True for name in params}
+
+
+def make_optimizer(params: dict, optimizer: OptimizerConfig, max_grad_norm: float | None):
+    """The Optax chain, with `learning_rate` and `max_grad_norm` as injectable hyperparameters."""
+    mask = decay_mask(params, optimizer)
+
+    def chain(learning_rate, max_grad_norm):
+        clip = optax.clip_by_global_norm(max_grad_norm) if max_grad_norm is not None else optax.identity()
+        return optax.chain(
+            clip,
+            optax.adamw(
+                learning_rate=learning_rate,
+                b1=optimizer.betas[0],
+                b2=optimizer.betas[1],
+                eps=optimizer.eps,
+                weight_decay=optimizer.weight_decay,
+                mask=mask,
+            ),
+        )
+
+    hyper = {"learning_rate": optimizer.learning_rate}
+    if max_grad_norm is not None:
+        hyper["max_grad_norm"] = max_grad_norm
+        return optax.inject_hyperparams(chain)(**hyper)
+    return optax.inject_hyperparams(lambda learning_rate: chain(learning_rate, None))(**hyper)
+
+
+def set_hyperparams(opt_state, learning_rate: jax.Array, max_grad_norm: jax.Array | None):
+    """Return `opt_state` with this step's LR (and clip limit) written in; usable inside jit."""
+    hyperparams = dict(opt_state.hyperparams)
+    hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+    if "max_grad_norm" in hyperparams and max_grad_norm is not None:
+        hyperparams["max_grad_norm"] = jnp.asarray(max_grad_norm, jnp.float32)
+    return opt_state._replace(hyperparams=hyperparams)
+
+
+def _warmup(peak: float, t: float, t_warmup: float, warmup_min_lr: float | None) -> float:
+    start = 0.1 * peak if warmup_min_lr is None else warmup_min_lr
+    return start + (peak - start) * min(t, t_warmup) / t_warmup
+
+
+def lr_at(t: float, peak: float, scheduler: SchedulerConfig, t_max: float) -> float:
+    """OLMo's schedule at time `t` (steps or tokens, as `scheduler.units`); `t_max` is the run length."""
+    if scheduler.t_max is not None:
+        t_max = scheduler.t_max
+    if scheduler.name == "constant":
+        return peak
+    if t < scheduler.t_warmup:
+        return _warmup(peak, t, scheduler.t_warmup, scheduler.warmup_min_lr)
+    if scheduler.name == "constant_with_warmup":
+        return peak
+    floor = peak * scheduler.alpha_f
+    if t >= t_max:
+        return floor
+    progress = (t - scheduler.t_warmup) / (t_max - scheduler.t_warmup)
+    if scheduler.name == "linear_with_warmup":
+        return peak - (peak - floor) * progress
+    if scheduler.name == "cosine_with_warmup":
+        return floor + (peak - floor) * (1 + math.cos(math.pi * progress)) / 2
+    raise ValueError(f"unknown scheduler.name {scheduler.name!r}")
+
+
+def learning_rate(
+    step: int, tokens_seen: int, peak: float, scheduler: SchedulerConfig, total_steps: int, total_tokens: int
+) -> float:
+    """LR for update number `step` (1-based) after `tokens_seen` tokens, with the final anneal.
+
+    The anneal (`scheduler.anneal_steps` = K > 0) multiplies the schedule by a ramp that falls linearly
+    from 1 to 0 over the last K steps, so the LR reaches 0 at the final step (the released OLMo-7B).
+    """
+    if scheduler.units == "steps":
+        lr = lr_at(step, peak, scheduler, total_steps)
+    else:
+        lr = lr_at(tokens_seen, peak, scheduler, total_tokens)
+    if scheduler.anneal_steps > 0:
+        lr *= min(1.0, (total_steps - step) / scheduler.anneal_steps)
+    return lr
+
+
+def grad_clip_limit(step: int, max_grad_norm: float | None, scheduler: SchedulerConfig) -> float | None:
+    """OLMo's grad-clip warmup: the limit is `factor` x larger while step <= grad_clip_warmup_steps."""
+    if max_grad_norm is None:
+        return None
+    if scheduler.grad_clip_warmup_steps is None or scheduler.grad_clip_warmup_factor is None:
+        return max_grad_norm
+    if step > scheduler.grad_clip_warmup_steps:
+        return max_grad_norm
+    return max_grad_norm * scheduler.grad_clip_warmup_factor

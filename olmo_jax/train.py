@@ -1,0 +1,432 @@
+"""Train state, the jitted train step, and the training loop.
+
+The train step is a pure function `(state, tokens, lr, clip) -> (state, metrics)` that `jax.jit` wraps
+with explicit shardings (ZeRO-3: parameters, gradients and optimizer state sharded over `fsdp`) and
+donation of the old state. Gradient accumulation over micro-batches happens inside it, so
+`global_train_batch_size` does not depend on device memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from olmo_jax import sharding
+from olmo_jax.config import ConfigError, TrainConfig, to_dict
+from olmo_jax.model import OLMo, flops_per_token
+from olmo_jax.monitor import MetricWriter, Progress, mfu, peak_flops_per_device
+from olmo_jax.optim import grad_clip_limit, learning_rate, make_optimizer, set_hyperparams
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # number of batches consumed (updates applied + updates skipped as non-finite)
+    params: dict[str, jax.Array]  # fp32 master weights
+    opt_state: Any
+    nonfinite_steps: jax.Array  # how many updates the non-finite guard skipped
+
+
+@dataclass
+class TrainSetup:
+    """Everything derived from the config and the mesh that the step and the loop need."""
+
+    config: TrainConfig
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    optimizer: optax.GradientTransformation
+    state_shardings: TrainState
+    micro_batches: int
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return sharding.batch_sharding(self.mesh)
+
+
+def micro_batches(config: TrainConfig, global_batch_size: int, batch_shards: int) -> int:
+    """Number of micro-batches per step; checks the batch divides over devices and micro-batches."""
+    if global_batch_size % batch_shards:
+        raise ConfigError(
+            f"global_train_batch_size={global_batch_size} is not divisible by the {batch_shards} batch shards "
+            f"(mesh data x fsdp)"
+        )
+    per_device = global_batch_size // batch_shards
+    micro = config.device_train_microbatch_size or per_device
+    if per_device % micro:
+        raise ConfigError(
+            f"global_train_batch_size={global_batch_size} is not divisible by batch shards x "
+            f"device_train_microbatch_size = {batch_shards} x {micro}"
+        )
+    return per_device // micro
+
+
+def validate(config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
+    """Checks that must fail before anything compiles."""
+    config.model.validate()
+    shards = sharding.batch_shards(mesh)
+    micro_batches(config, config.global_train_batch_size, shards)
+    if config.batch_size_warmup.enabled:
+        micro_batches(config, config.batch_size_warmup.start_instances, shards)
+    seq = sequence_length(config)
+    if seq > config.model.max_sequence_length:
+        raise ConfigError(
+            f"data.sequence_length={seq} is longer than model.max_sequence_length={config.model.max_sequence_length}"
+        )
+
+
+def sequence_length(config: TrainConfig) -> int:
+    return config.data.sequence_length or config.model.max_sequence_length
+
+
+def build(config: TrainConfig, mesh: jax.sharding.Mesh) -> TrainSetup:
+    """Model graph, optimizer and state shardings for `config` on `mesh` (nothing is allocated)."""
+    validate(config, mesh)
+    abstract_model = nnx.eval_shape(lambda: OLMo(config.model, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+    params_shardings = sharding.param_shardings(abstract_params, mesh)
+    optimizer = make_optimizer(params_shardings, config.optimizer, config.max_grad_norm)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params.to_pure_dict())
+    replicated = sharding.replicated(mesh)
+    state_shardings = TrainState(
+        step=replicated,
+        params=params_shardings,
+        opt_state=sharding.tree_shardings_like(abstract_opt, params_shardings, mesh),
+        nonfinite_steps=replicated,
+    )
+    micro = micro_batches(config, config.global_train_batch_size, sharding.batch_shards(mesh))
+    return TrainSetup(config, mesh, graphdef, optimizer, state_shardings, micro)
+
+
+def init_state(setup: TrainSetup, seed: int) -> TrainState:
+    """Fresh parameters and optimizer state, created directly sharded (never whole on one device)."""
+    model_config = setup.config.model
+
+    def init(key: jax.Array) -> TrainState:
+        params = nnx.state(OLMo(model_config, rngs=nnx.Rngs(params=key)), nnx.Param).to_pure_dict()
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=setup.optimizer.init(params),
+            nonfinite_steps=jnp.zeros((), jnp.int32),
+        )
+
+    with jax.set_mesh(setup.mesh):
+        return jax.jit(init, out_shardings=setup.state_shardings)(jax.random.key(seed))
+
+
+def abstract_state(setup: TrainSetup) -> TrainState:
+    """ShapeDtypeStructs with shardings for the whole train state (for restore and dry runs)."""
+
+    def init(key):
+        params = nnx.state(OLMo(setup.config.model, rngs=nnx.Rngs(params=key)), nnx.Param).to_pure_dict()
+        return TrainState(jnp.zeros((), jnp.int32), params, setup.optimizer.init(params), jnp.zeros((), jnp.int32))
+
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, setup.state_shardings
+    )
+
+
+def loss_terms(
+    graphdef: nnx.GraphDef, params: dict, tokens: jax.Array, denominator: jax.Array | int
+) -> tuple[jax.Array, jax.Array]:
+    """(cross-entropy, z-loss) summed over the micro-batch's next-token predictions / `denominator`.
+
+    As OLMo: the model reads all T tokens, position t predicts token t+1, the last position is dropped;
+    logits cover the padded vocab; log-softmax in fp32. z-loss is logsumexp(logits)^2.
+    """
+    model = nnx.merge(graphdef, params)
+    logits = model(tokens)[:, :-1]
+    labels = tokens[:, 1:]
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    ce = jnp.sum(log_z - label_logits) / denominator
+    z_loss = jnp.sum(jnp.square(log_z)) / denominator
+    return ce, z_loss
+
+
+def train_step(
+    setup: TrainSetup, state: TrainState, tokens: jax.Array, lr: jax.Array, clip: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on a global batch `tokens` [B, T] (pure; `jax.jit` adds shardings)."""
+    config = setup.config
+    z_weight = config.auxiliary_loss_multiplier if config.softmax_auxiliary_loss else 0.0
+    batch, seq = tokens.shape
+    denominator = batch * (seq - 1)
+    n_micro = setup.micro_batches
+
+    def loss(params, micro_tokens):
+        ce, z = loss_terms(setup.graphdef, params, micro_tokens, denominator)
+        return ce + z_weight * z, (ce, z)
+
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
+    if n_micro == 1:
+        (_, (ce, z)), grads = grad_fn(state.params, tokens)
+    else:
+        # Micro-batch i takes rows i, i+n, i+2n, ...: every device keeps working on its own rows,
+        # so splitting needs no communication.
+        micro = tokens.reshape(batch // n_micro, n_micro, seq).swapaxes(0, 1)
+        micro = jax.lax.with_sharding_constraint(
+            micro, NamedSharding(setup.mesh, PartitionSpec(None, sharding.BATCH_AXES, None))
+        )
+
+        def accumulate(carry, micro_tokens):
+            grads_sum, ce_sum, z_sum = carry
+            (_, (ce, z)), grads = grad_fn(state.params, micro_tokens)
+            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+            return (grads_sum, ce_sum + ce, z_sum + z), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        zeros = jax.lax.with_sharding_constraint(zeros, setup.state_shardings.params)
+        (grads, ce, z), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), micro)
+
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(ce) & jnp.isfinite(z) & jnp.isfinite(grad_norm)
+    opt_state = set_hyperparams(state.opt_state, lr, clip)
+    updates, new_opt_state = setup.optimizer.update(grads, opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    # The non-finite guard: a NaN/Inf loss or gradient never reaches the parameters or optimizer state.
+    keep_new = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    new_state = TrainState(
+        step=state.step + 1,
+        params=jax.tree.map(keep_new, new_params, state.params),
+        opt_state=jax.tree.map(keep_new, new_opt_state, state.opt_state),
+        nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+    )
+    metrics = {
+        "loss": ce + z_weight * z,
+        "ce_loss": ce,
+        "z_loss": z,
+        "grad_norm": grad_norm,
+        "finite": finite,
+    }
+    return new_state, metrics
+
+
+def jit_train_step(setup: TrainSetup):
+    """`train_step` under `jax.jit` with explicit shardings; the old state is donated."""
+    replicated = sharding.replicated(setup.mesh)
+    return jax.jit(
+        lambda state, tokens, lr, clip: train_step(setup, state, tokens, lr, clip),
+        in_shardings=(setup.state_shardings, setup.batch_sharding, replicated, replicated),
+        out_shardings=(setup.state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Run length
+# --------------------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*([0-9.eE+]+)\s*(T|tokens|ep|steps)?\s*$")
+
+
+def parse_duration(max_duration: str) -> tuple[float, str]:
+    """OLMo's `max_duration`: "1000" (steps), "2e12T" (tokens) or "1ep" (epochs) -> (amount, unit)."""
+    match = _DURATION.match(str(max_duration))
+    if not match:
+        raise ConfigError(f"max_duration={max_duration!r} is not N (steps), NT (tokens) or Nep (epochs)")
+    try:
+        amount = float(match.group(1))
+    except ValueError:
+        raise ConfigError(f"max_duration={max_duration!r} is not a number with an optional unit") from None
+    unit = {"T": "tokens", "tokens": "tokens", "ep": "epochs"}.get(match.group(2) or "", "steps")
+    if amount <= 0:
+        raise ConfigError(f"max_duration={max_duration!r} must be positive")
+    return amount, unit
+
+
+def total_steps(config: TrainConfig, instances_per_epoch: int | None, batch_size_for) -> int:
+    """Number of steps the run takes, given each step's global batch size `batch_size_for(tokens_seen)`."""
+    amount, unit = parse_duration(config.max_duration)
+    if unit == "steps":
+        return int(amount)
+    seq = sequence_length(config)
+    if unit == "epochs":
+        if instances_per_epoch is None:
+            raise ConfigError("max_duration in epochs needs a data set of known size")
+        target_tokens = amount * instances_per_epoch * seq
+    else:
+        target_tokens = amount
+    if not config.batch_size_warmup.enabled:
+        return max(1, math.ceil(target_tokens / (config.global_train_batch_size * seq)))
+    steps, tokens = 0, 0
+    while tokens < target_tokens:
+        tokens += batch_size_for(tokens) * seq
+        steps += 1
+    return steps
+
+
+def params_bytes_per_device(shapes: Any) -> int:
+    """Bytes of one device's shards of a pytree of ShapeDtypeStructs (or arrays) with shardings."""
+    total = 0
+    for leaf in jax.tree.leaves(shapes):
+        shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += int(np.prod(shard, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def dry_run(config: TrainConfig, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """Lower and compile the train step from abstract shapes; report parameters, FLOPs and memory."""
+    setup = build(config, mesh)
+    state = abstract_state(setup)
+    tokens = jax.ShapeDtypeStruct(
+        (config.global_train_batch_size, sequence_length(config)), jnp.int32, sharding=setup.batch_sharding
+    )
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.replicated(mesh))
+    with jax.set_mesh(mesh):
+        compiled = jit_train_step(setup).lower(state, tokens, scalar, scalar).compile()
+    memory = compiled.memory_analysis()
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    report = {
+        "mesh": dict(mesh.shape),
+        "num_params": n_params,
+        "flops_per_token": flops_per_token(config.model, sequence_length(config)),
+        "micro_batches": setup.micro_batches,
+        "param_bytes_per_device": params_bytes_per_device(state.params),
+        "optimizer_bytes_per_device": params_bytes_per_device(state.opt_state),
+    }
+    if memory is not None:
+        report.update(
+            argument_bytes_per_device=int(memory.argument_size_in_bytes),
+            output_bytes_per_device=int(memory.output_size_in_bytes),
+            temp_bytes_per_device=int(memory.temp_size_in_bytes),
+            generated_code_bytes=int(memory.generated_code_size_in_bytes),
+        )
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when non-finite losses or gradients exceed what the config tolerates."""
+
+
+def write_config(config: TrainConfig, run_dir: Path) -> None:
+    """The resolved config as `<run_dir>/config.yaml` (what `inspect` and resumes read), atomically."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".config.yaml.tmp{os.getpid()}"
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    tmp.replace(run_dir / "config.yaml")
+
+
+def fit(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """Train `config` to `max_duration`, logging to `run_dir`. Returns the last logged metrics."""
+    from olmo_jax.data.loader import batch_size_for, build_train_loader
+
+    is_writer = jax.process_index() == 0
+    mesh = sharding.make_mesh(config.mesh)
+    setup = build(config, mesh)
+    seq = sequence_length(config)
+    loader = build_train_loader(config, mesh)
+    steps = total_steps(config, loader.instances_per_epoch, lambda tokens: batch_size_for(config, tokens))
+    amount, unit = parse_duration(config.max_duration)
+    run_tokens = int(amount) if unit == "tokens" else steps * config.global_train_batch_size * seq
+    if is_writer:
+        write_config(config, run_dir)
+    state = init_state(setup, config.seed)
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    if is_writer:
+        print(
+            f"olmo_jax: {n_params:,} parameters | mesh {dict(mesh.shape)} | {steps} steps of "
+            f"{config.global_train_batch_size} x {seq} tokens | run dir {run_dir}",
+            flush=True,
+        )
+
+    step_fns: dict[int, Any] = {}  # global batch size -> jitted step (batch-size warmup makes a few)
+    shards = sharding.batch_shards(mesh)
+
+    def step_fn_for(batch_size: int):
+        if batch_size not in step_fns:
+            sized = dataclasses.replace(setup, micro_batches=micro_batches(config, batch_size, shards))
+            step_fns[batch_size] = jit_train_step(sized)
+        return step_fns[batch_size]
+
+    writer = MetricWriter(run_dir, wandb_run=_wandb_run(config, run_dir)) if is_writer else None
+    progress = Progress(steps, start_step=int(state.step))
+    fpt = flops_per_token(config.model, seq)
+    peak = config.peak_flops_per_device or peak_flops_per_device()
+    # XLA's CPU collectives can deadlock with several sharded steps in flight (jax-environment notes).
+    one_step_in_flight = jax.devices()[0].platform == "cpu"
+    tokens_seen = int(state.step) * config.global_train_batch_size * seq
+    last_log_time, last_log_tokens = time.perf_counter(), tokens_seen
+    last_metrics: dict[str, Any] = {}
+    with jax.set_mesh(mesh):
+        for step in range(int(state.step), steps):
+            batch = next(loader)
+            batch_size = batch.input_ids.shape[0]
+            tokens_seen += batch_size * seq
+            update = step + 1  # OLMo's schedules are evaluated at the 1-based update number
+            lr = learning_rate(update, tokens_seen, config.optimizer.learning_rate, config.scheduler, steps, run_tokens)
+            clip = grad_clip_limit(update, config.max_grad_norm, config.scheduler)
+            state, metrics = step_fn_for(batch_size)(state, batch.input_ids, lr, clip if clip is not None else 0.0)
+            if one_step_in_flight:
+                jax.block_until_ready(metrics)
+            is_last = update == steps
+            if update % config.log_interval and not is_last:
+                continue
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            tokens_per_second = (tokens_seen - last_log_tokens) / (now - last_log_time)
+            last_log_time, last_log_tokens = now, tokens_seen
+            nonfinite = int(state.nonfinite_steps)
+            last_metrics = {
+                "loss": host["loss"],
+                "ce_loss": host["ce_loss"],
+                "z_loss": host["z_loss"],
+                "grad_norm": host["grad_norm"],
+                "lr": lr,
+                "tokens_per_second": tokens_per_second,
+                "tokens_per_second_per_device": tokens_per_second / jax.device_count(),
+                "mfu": mfu(tokens_per_second / jax.device_count(), fpt, peak),
+                "tokens_seen": tokens_seen,
+                "batch_size": batch_size,
+                "nonfinite_steps": nonfinite,
+                "batch_fingerprint": batch.fingerprint,
+            }
+            if is_writer:
+                writer.write(update, last_metrics)
+                progress.print(update, last_metrics)
+            _check_nonfinite(config, update, nonfinite, host)
+    if writer is not None:
+        writer.close()
+    return last_metrics
+
+
+def _check_nonfinite(config: TrainConfig, step: int, nonfinite: int, metrics: dict[str, float]) -> None:
+    if nonfinite == 0:
+        return
+    if config.nonfinite_policy == "stop":
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at step {step} (loss={metrics['loss']}, grad_norm={metrics['grad_norm']}); "
+            "parameters were left unchanged. Set nonfinite_policy=skip to skip such steps."
+        )
+    if nonfinite > config.max_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"{nonfinite} steps had a non-finite loss or gradient (max_nonfinite_steps={config.max_nonfinite_steps})"
+        )
+
+
+def _wandb_run(config: TrainConfig, run_dir: Path):
+    if not config.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("wandb=true needs the wandb package: pip install 'olmo_jax[wandb]'") from None
+    return wandb.init(name=config.run_name, dir=str(run_dir), config=to_dict(config))

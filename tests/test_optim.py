@@ -1,0 +1,122 @@
+"""The Optax chain and OLMo's schedules, checked against OLMo's formulas and a hand-written AdamW."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from olmo_jax.config import OptimizerConfig, SchedulerConfig
+from olmo_jax.optim import decay_mask, grad_clip_limit, learning_rate, lr_at, make_optimizer, set_hyperparams
+
+PEAK = 1e-3
+
+
+def sched(**changes) -> SchedulerConfig:
+    return dataclasses.replace(SchedulerConfig(t_warmup=100, alpha_f=0.1), **changes)
+
+
+# Expected values worked out by hand from OLMo's definitions (warmup from 0.1 x peak; decay from peak at
+# t_warmup to alpha_f x peak at t_max = 1000; constant floor afterwards).
+@pytest.mark.parametrize(
+    "name, t, expected",
+    [
+        ("cosine_with_warmup", 0, 1e-4),
+        ("cosine_with_warmup", 50, 5.5e-4),
+        ("cosine_with_warmup", 100, 1e-3),
+        ("cosine_with_warmup", 550, 5.5e-4),  # halfway: cos(pi/2) = 0
+        ("cosine_with_warmup", 1000, 1e-4),
+        ("cosine_with_warmup", 5000, 1e-4),
+        ("linear_with_warmup", 325, 7.75e-4),  # a quarter of the way down
+        ("linear_with_warmup", 550, 5.5e-4),
+        ("linear_with_warmup", 1000, 1e-4),
+        ("constant_with_warmup", 50, 5.5e-4),
+        ("constant_with_warmup", 900, 1e-3),
+    ],
+)
+def test_schedules_match_olmo_formulas(name, t, expected):
+    assert lr_at(t, PEAK, sched(name=name), t_max=1000) == pytest.approx(expected, rel=1e-9)
+
+
+def test_warmup_min_lr_and_explicit_t_max():
+    scheduler = sched(name="linear_with_warmup", warmup_min_lr=0.0, t_max=200)
+    assert lr_at(50, PEAK, scheduler, t_max=10_000) == pytest.approx(5e-4)
+    assert lr_at(150, PEAK, scheduler, t_max=10_000) == pytest.approx(5.5e-4)
+
+
+def test_token_units_read_tokens_not_steps():
+    scheduler = sched(name="cosine_with_warmup", units="tokens", t_warmup=1000)
+    # Update 3 after 500 tokens: halfway through a 1000-token warmup.
+    assert learning_rate(3, 500, PEAK, scheduler, total_steps=100, total_tokens=10_000) == pytest.approx(5.5e-4)
+
+
+def test_final_anneal_reaches_zero_linearly():
+    scheduler = sched(name="constant_with_warmup", anneal_steps=100)
+    args = dict(tokens_seen=0, peak=PEAK, scheduler=scheduler, total_steps=1000, total_tokens=0)
+    assert learning_rate(900, **args) == pytest.approx(1e-3)
+    assert learning_rate(950, **args) == pytest.approx(5e-4)
+    assert learning_rate(1000, **args) == 0.0
+
+
+def test_grad_clip_warmup_is_factor_times_limit_through_the_warmup_steps():
+    scheduler = sched(grad_clip_warmup_steps=1000, grad_clip_warmup_factor=10.0)
+    assert grad_clip_limit(1, 1.0, scheduler) == 10.0
+    assert grad_clip_limit(1000, 1.0, scheduler) == 10.0
+    assert grad_clip_limit(1001, 1.0, scheduler) == 1.0
+    assert grad_clip_limit(5, 1.0, sched()) == 1.0
+    assert grad_clip_limit(5, None, scheduler) is None
+
+
+@pytest.mark.parametrize(
+    "names, flags, decayed",
+    [
+        (["wte", "att_proj", "ff_out"], {}, {"att_proj", "ff_out"}),  # tied 1B: embedding not decayed
+        (["wte", "att_proj", "lm_head"], {}, {"att_proj", "lm_head"}),  # untied 7B: the head is decayed
+        (["wte", "att_proj", "lm_head"], {"decay_embeddings": True}, {"wte", "att_proj", "lm_head"}),  # 65B
+        (["wte", "ff_proj"], {"decay_norm_and_bias": True}, {"ff_proj"}),  # OLMo-1 has no norms or biases
+    ],
+)
+def test_decay_groups_follow_olmo(names, flags, decayed):
+    mask = decay_mask(dict.fromkeys(names), OptimizerConfig(**flags))
+    assert {n for n, m in mask.items() if m} == decayed
+
+
+def reference_adamw(params, grads_per_step, lrs, clip, wd, b1, b2, eps, decayed):
+    """PyTorch AdamW (decoupled decay scaled by LR) after global-norm clipping, in float64 numpy."""
+    params = {k: v.astype(np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v = {k: np.zeros_like(p) for k, p in params.items()}
+    for t, (grads, lr) in enumerate(zip(grads_per_step, lrs, strict=True), start=1):
+        norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values()))
+        scale = min(1.0, clip / norm)
+        for k in params:
+            g = grads[k] * scale
+            if decayed[k]:
+                params[k] = params[k] * (1 - lr * wd)
+            m[k] = b1 * m[k] + (1 - b1) * g
+            v[k] = b2 * v[k] + (1 - b2) * g * g
+            m_hat, v_hat = m[k] / (1 - b1**t), v[k] / (1 - b2**t)
+            params[k] = params[k] - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return params
+
+
+def test_adamw_chain_matches_a_hand_written_reference():
+    rng = np.random.default_rng(0)
+    params = {"wte": rng.normal(size=(6, 4)), "att_proj": rng.normal(size=(4, 3)), "ff_out": rng.normal(size=(5,))}
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    grads_per_step = [{k: rng.normal(size=v.shape).astype(np.float32) * 3 for k, v in params.items()} for _ in range(4)]
+    lrs = [1e-2, 2e-2, 5e-3, 1e-2]
+    opt_config = OptimizerConfig(learning_rate=1e-2, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-5)
+    optimizer = make_optimizer(params, opt_config, max_grad_norm=1.0)
+    state = optimizer.init({k: jnp.asarray(v) for k, v in params.items()})
+    current = {k: jnp.asarray(v) for k, v in params.items()}
+    for grads, lr in zip(grads_per_step, lrs, strict=True):
+        state = set_hyperparams(state, lr, 1.0)
+        updates, state = optimizer.update({k: jnp.asarray(g) for k, g in grads.items()}, state, current)
+        current = {k: current[k] + updates[k] for k in current}
+    expected = reference_adamw(
+        params, grads_per_step, lrs, clip=1.0, wd=0.1, b1=0.9, b2=0.95, eps=1e-5, decayed=decay_mask(params, opt_config)
+    )
+    for k in params:
+        # float32 arithmetic against a float64 reference: agreement to ~1e-6 relative.
+        np.testing.assert_allclose(np.asarray(current[k]), expected[k], rtol=1e-5, atol=1e-7, err_msg=k)
