@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from olmo_jax import sharding
 from olmo_jax.config import ConfigError, TrainConfig, to_dict
+from olmo_jax.loss import loss_terms
 from olmo_jax.model import OLMo, flops_per_token
 from olmo_jax.monitor import MetricWriter, Progress, mfu, peak_flops_per_device
 from olmo_jax.optim import grad_clip_limit, learning_rate, make_optimizer, set_hyperparams
@@ -137,24 +138,6 @@ def abstract_state(setup: TrainSetup) -> TrainState:
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, setup.state_shardings
     )
-
-
-def loss_terms(
-    graphdef: nnx.GraphDef, params: dict, tokens: jax.Array, denominator: jax.Array | int
-) -> tuple[jax.Array, jax.Array]:
-    """(cross-entropy, z-loss) summed over the micro-batch's next-token predictions / `denominator`.
-
-    As OLMo: the model reads all T tokens, position t predicts token t+1, the last position is dropped;
-    logits cover the padded vocab; log-softmax in fp32. z-loss is logsumexp(logits)^2.
-    """
-    model = nnx.merge(graphdef, params)
-    logits = model(tokens)[:, :-1]
-    labels = tokens[:, 1:]
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    ce = jnp.sum(log_z - label_logits) / denominator
-    z_loss = jnp.sum(jnp.square(log_z)) / denominator
-    return ce, z_loss
 
 
 def train_step(
