@@ -1,0 +1,207 @@
+"""`python -m olmo_jax.data {prepare,train-tokenizer,inspect}`: the data pipeline's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from itertools import chain
+
+from olmo_jax.config import ConfigError, split_config_args
+
+
+def _prepare_parser(sub) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize documents into OLMo token files",
+        description=(
+            "Tokenize JSON-lines documents (.jsonl/.json/.ndjson, optionally .gz or .zst, one {'text': ...} "
+            "object per line) and plain UTF-8 text into OLMo's raw token files (uint16 when the vocabulary fits, "
+            "else uint32) with EOS after every document, plus manifest.json. Malformed lines are counted and "
+            "reported with file, line and byte offset."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", help="input files, folders (read recursively) or globs")
+    p.add_argument("--tokenizer", required=True, help="tokenizer JSON, SentencePiece .model, 'builtin' or owner/name")
+    p.add_argument("--output", "-o", required=True, help="output folder for part-NNNNN.npy and manifest.json")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: all cores)")
+    p.add_argument(
+        "--max-tokens-per-file",
+        type=int,
+        default=500_000_000,
+        help="start a new part file beyond this many tokens; documents are never split (default: 500M)",
+    )
+    p.add_argument("--text-field", default="text", help="JSON field holding a document's text (default: text)")
+    p.add_argument(
+        "--text-unit",
+        choices=("file", "paragraph", "line"),
+        default="file",
+        help="for plain-text inputs: one document per file, per blank-line-separated paragraph, or per line",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace token files and manifest already in --output")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _train_tokenizer_parser(sub) -> None:
+    p = sub.add_parser(
+        "train-tokenizer",
+        help="train a SentencePiece BPE model on text",
+        description=(
+            "Train a lossless SentencePiece model (pad 0, unk 1, eos 2, no BOS; byte fallback; whitespace and "
+            "newlines kept) on the lines of the given documents, read as by 'prepare'."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", help="input files, folders or globs (JSON lines or plain text)")
+    p.add_argument("--output", "-o", required=True, help="path of the .model file to write")
+    p.add_argument("--vocab-size", type=int, default=8000, help="number of pieces (default: 8000)")
+    p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe", help="SentencePiece algorithm")
+    p.add_argument("--character-coverage", type=float, default=0.9995, help="share of characters given own pieces")
+    p.add_argument("--sample-every", type=int, default=1, help="train on every k-th non-empty line (default: 1)")
+    p.add_argument("--text-field", default="text", help="JSON field holding a document's text (default: text)")
+    p.add_argument(
+        "--text-unit", choices=("file", "paragraph", "line"), default="file", help="plain-text document unit"
+    )
+
+
+def _inspect_parser(sub) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="print the instances of global batch N",
+        description=(
+            "Print the instances of global batch N (instance index, token file, token offset, tokens or text), "
+            "recomputed from the config alone. Give a run directory (its config.yaml) or --config=NAME|PATH, and "
+            "any --config.KEY=VALUE overrides (e.g. --config.data.paths='[\"a.npy\"]')."
+        ),
+    )
+    p.add_argument("run_dir", nargs="?", help="run directory holding config.yaml (else use --config)")
+    p.add_argument("--config", help="preset name or YAML path (with --config.KEY=VALUE overrides)")
+    p.add_argument(
+        "--step",
+        type=int,
+        action="append",
+        required=True,
+        help="training step as logged in metrics.jsonl (1-based: step N trained on global batch N-1); repeatable",
+    )
+    p.add_argument("--decode", action="store_true", help="show decoded text (needs the tokenizer)")
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help='text, or one JSON object per step: {"step", "instances": [{"index", "path", "offset", "tokens"}]}',
+    )
+    p.add_argument("--preview", type=int, default=80, help="text format: characters or tokens per instance (0: all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m olmo_jax.data` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m olmo_jax.data", description="OLMo data pipeline tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _prepare_parser(sub)
+    _train_tokenizer_parser(sub)
+    _inspect_parser(sub)
+    return parser
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    from olmo_jax.data.prepare import prepare
+
+    manifest = prepare(
+        args.inputs,
+        args.tokenizer,
+        args.output,
+        workers=args.workers,
+        max_tokens_per_file=args.max_tokens_per_file,
+        text_field=args.text_field,
+        text_unit=args.text_unit,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    mb = manifest["text_bytes"] / 1e6
+    print(
+        f"wrote {len(manifest['files'])} {manifest['dtype']} file(s) to {args.output}: {manifest['documents']:,} "
+        f"documents, {manifest['tokens']:,} tokens from {mb:,.1f} MB of text "
+        f"({mb / max(manifest['seconds'], 1e-9):,.1f} MB/s)"
+    )
+    if manifest["empty_documents"]:
+        print(f"skipped {manifest['empty_documents']:,} empty document(s)", file=sys.stderr)
+    if manifest["malformed"]:
+        print(f"warning: skipped {manifest['malformed']:,} malformed record(s); the first:", file=sys.stderr)
+        for example in manifest["malformed_examples"]:
+            print(f"  {example}", file=sys.stderr)
+
+
+def _run_train_tokenizer(args: argparse.Namespace) -> None:
+    from olmo_jax.data.prepare import ReadReport, input_files, read_documents
+    from olmo_jax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+
+    report = ReadReport()
+    documents = chain.from_iterable(
+        read_documents(path, report, text_field=args.text_field, text_unit=args.text_unit)
+        for path in input_files(args.inputs)
+    )
+    path = train_sentencepiece(
+        documents,
+        args.output,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        character_coverage=args.character_coverage,
+        sample_every=args.sample_every,
+    )
+    tokenizer = SentencePieceTokenizer(path)
+    documents_read = sum(s.documents for s in report.inputs)
+    print(f"wrote {path}: {tokenizer.vocab_size} pieces trained on {documents_read:,} documents ({tokenizer.identity})")
+    if report.malformed_total:
+        print(f"warning: skipped {report.malformed_total:,} malformed record(s); the first:", file=sys.stderr)
+        for example in report.malformed_examples:
+            print(f"  {example}", file=sys.stderr)
+
+
+def _run_inspect(args: argparse.Namespace, config_name: str | None, overrides: dict[str, str]) -> None:
+    from olmo_jax.data.inspect import format_json, format_text, inspect_step, resolve_config
+    from olmo_jax.data.pipeline import build_pipeline
+
+    config = resolve_config(args.run_dir, config_name, overrides)
+    pipeline = build_pipeline(config)
+    for step in args.step:
+        record = inspect_step(pipeline, step, decode=args.decode)
+        print(format_json(record) if args.format == "json" else format_text(record, args.preview), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; returns the exit status (2: bad usage or config, 1: bad data)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config_name, overrides, rest = split_config_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(rest)
+    if args.command != "inspect" and (config_name is not None or overrides):
+        print(f"error: --config and --config.KEY=VALUE apply to inspect only, not {args.command}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "prepare":
+            _run_prepare(args)
+        elif args.command == "train-tokenizer":
+            _run_train_tokenizer(args)
+        else:
+            _run_inspect(args, config_name, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) stopped listening: not an error. Silence the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

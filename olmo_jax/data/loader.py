@@ -1,0 +1,140 @@
+"""The training loader: OLMo's global order, each process reading only its rows, batches as global jax.Arrays.
+
+`build_train_loader(config, mesh)` returns an iterator of `Batch`es. Global batch k is the k-th slice of OLMo's
+order (see `olmo_jax.data.order`), whatever the number of hosts or devices. Each process materialises only the
+rows that its devices hold under `NamedSharding(mesh, P(("data", "fsdp"), None))` and
+`jax.make_array_from_process_local_data` assembles the global array. Host batches are prefetched in background
+threads by Grain (`data.prefetch` batches ahead, `data.num_workers` threads). `loader.state()` is a small dict
+(epoch, position in the epoch, instances consumed, step, and what the data was); passing it back as
+`start_state` continues with exactly the batch that would have come next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from olmo_jax.config import ConfigError, TrainConfig
+from olmo_jax.data.order import Cursor, batch_size_for
+from olmo_jax.data.pipeline import DataPipeline, HostBatch, build_pipeline, token_checksum
+from olmo_jax.data.tokenizer import Tokenizer
+
+__all__ = ["Batch", "TrainLoader", "batch_size_for", "build_train_loader", "sharding_rows", "token_checksum"]
+
+BATCH_AXES = ("data", "fsdp")
+# Grain needs a length; the run's length is the trainer's business, so the step source is effectively endless.
+_ENDLESS = 1 << 62
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One global training batch."""
+
+    step: int  # 0-based global batch number
+    input_ids: jax.Array  # int32 [B, T], sharded over the batch axes of the mesh
+    indices: np.ndarray  # the B global instance indices, in row order
+    fingerprint: str  # see olmo_jax.data.pipeline: sha256 of the data identity and `indices`
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Rows over the mesh's data and fsdp axes (those it has), columns replicated."""
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    return NamedSharding(mesh, P(axes or None, None))
+
+
+def sharding_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, int]) -> np.ndarray:
+    """Rows of a global [B, T] array this process's devices hold, in the order
+    `jax.make_array_from_process_local_data` expects them (row blocks by ascending start)."""
+    index_map = sharding.addressable_devices_indices_map(global_shape)
+    starts, block = set(), None
+    for index in index_map.values():
+        rows = index[0]
+        start, stop, _ = rows.indices(global_shape[0])
+        starts.add(start)
+        block = stop - start
+    assert block is not None
+    return np.concatenate([np.arange(s, s + block) for s in sorted(starts)])
+
+
+class _StepSource:
+    """Grain random-access source: item i is this process's part of the batch `i` steps after `start`."""
+
+    def __init__(self, pipeline: DataPipeline, start: Cursor, rows_for_size: Callable[[int], np.ndarray]) -> None:
+        self._pipeline = pipeline
+        self._start = start
+        self._rows_for_size = rows_for_size
+
+    def __len__(self) -> int:
+        return _ENDLESS
+
+    def __getitem__(self, i: int) -> HostBatch:
+        cursor = self._pipeline.plan.advance(self._start, i)
+        return self._pipeline.batch(cursor, self._rows_for_size(self._pipeline.plan.size_at(cursor)))
+
+
+class TrainLoader:
+    """Iterator of global `Batch`es with a checkpointable `state()`."""
+
+    def __init__(self, pipeline: DataPipeline, mesh: jax.sharding.Mesh, start: Cursor, prefetch: int, threads: int):
+        self.pipeline = pipeline
+        self.sharding = batch_sharding(mesh)
+        shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names]))
+        for size in pipeline.plan.batch_sizes():
+            if size % shards:
+                raise ConfigError(
+                    f"a global batch of {size} instances is not divisible by the {shards} batch shards (mesh data x "
+                    "fsdp); check global_train_batch_size and batch_size_warmup.start_instances"
+                )
+        self._cursor = pipeline.plan.advance(start, 0)  # normalised, as the batches' own cursors are
+        # This process's rows for every batch size the run can have (batch-size warmup has several).
+        rows = {size: sharding_rows(self.sharding, (size, pipeline.seq_len)) for size in pipeline.plan.batch_sizes()}
+        source = _StepSource(pipeline, start, rows.__getitem__)
+        read_options = grain.ReadOptions(num_threads=threads if prefetch > 0 else 0, prefetch_buffer_size=prefetch)
+        self._iterator = iter(grain.MapDataset.source(source).to_iter_dataset(read_options))
+
+    @property
+    def instances_per_epoch(self) -> int:
+        return self.pipeline.instances_per_epoch
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        return self.pipeline.tokenizer
+
+    def __iter__(self) -> TrainLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        host = next(self._iterator)
+        assert host.cursor == self._cursor, f"prefetched batch {host.cursor} is not the expected {self._cursor}"
+        global_shape = (len(host.indices), self.pipeline.seq_len)
+        input_ids = jax.make_array_from_process_local_data(self.sharding, host.tokens, global_shape)
+        self._cursor = host.next_cursor
+        return Batch(step=host.step, input_ids=input_ids, indices=host.indices, fingerprint=host.fingerprint)
+
+    def state(self) -> dict[str, Any]:
+        """Where the next batch starts (JSON-serialisable); `build_train_loader(..., start_state=...)` resumes it."""
+        return self.pipeline.state(self._cursor)
+
+    def close(self) -> None:
+        """Stop the background prefetch threads."""
+        self._iterator.close()
+
+
+def build_train_loader(
+    config: TrainConfig, mesh: jax.sharding.Mesh, *, start_state: dict[str, Any] | None = None
+) -> TrainLoader:
+    """The loader `config` describes, starting at the beginning or at `start_state` (from `loader.state()`)."""
+    if config.data.prefetch < 0:
+        raise ConfigError(f"data.prefetch must be >= 0, got {config.data.prefetch}")
+    if config.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {config.data.num_workers}")
+    pipeline = build_pipeline(config)
+    start = pipeline.cursor_from_state(start_state) if start_state is not None else Cursor()
+    return TrainLoader(pipeline, mesh, start, prefetch=config.data.prefetch, threads=max(1, config.data.num_workers))

@@ -1,0 +1,203 @@
+"""The host side of the training data, rebuilt from a config alone: instances, global order, batches, state.
+
+Both the JAX loader (`olmo_jax.data.loader`) and `inspect` use this module, so what inspect prints for step N
+is computed by the same code that fed the trainer. Nothing here imports JAX.
+
+Batch fingerprint: the first 16 hex digits of sha256 over the UTF-8 bytes of the instance space's identity
+(`InstanceSource.identity`: file names and lengths, dtype, sequence length, mix), one zero byte, then the
+batch's global instance indices as little-endian uint64, in row order. It is the same on every host.
+
+Token checksum (`token_checksum`): sum over rows r and columns c of `token[r, c] * ((r * T + c) * 2654435761 + 1)`
+in uint32 arithmetic (wrapping), T the sequence length. It can be computed on the global `jax.Array` the
+trainer fed (`token_checksum(batch.input_ids, xp=jax.numpy)`) and by inspect from the token files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from olmo_jax.config import ConfigError, TrainConfig
+from olmo_jax.data.order import BatchPlan, Cursor, GlobalOrder
+from olmo_jax.data.source import InstanceSource, build_instance_source
+from olmo_jax.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+
+STATE_FORMAT = "olmo_jax.loader/1"
+log = logging.getLogger(__name__)
+
+
+def sequence_length(config: TrainConfig) -> int:
+    """Tokens per instance: `data.sequence_length`, else `model.max_sequence_length` (OLMo's chunk size)."""
+    return config.data.sequence_length or config.model.max_sequence_length
+
+
+def data_seed(config: TrainConfig) -> int:
+    """The shuffle seed: `data.seed` if set, else the run's `seed`."""
+    return config.data.seed if config.data.seed is not None else config.seed
+
+
+def batch_fingerprint(identity: str, indices: np.ndarray) -> str:
+    """See the module docstring."""
+    digest = hashlib.sha256(identity.encode() + b"\0")
+    digest.update(np.asarray(indices, dtype="<u8").tobytes())
+    return digest.hexdigest()[:16]
+
+
+def token_checksum(tokens: Any, xp: Any = np) -> Any:
+    """See the module docstring; `xp` is numpy or jax.numpy. Returns a uint32 scalar."""
+    rows, cols = tokens.shape
+    positions = xp.arange(rows * cols, dtype=xp.uint32).reshape(rows, cols)
+    weights = positions * xp.uint32(2654435761) + xp.uint32(1)
+    return xp.sum(tokens.astype(xp.uint32) * weights, dtype=xp.uint32)
+
+
+def contiguous_rows(batch_size: int, process_index: int, process_count: int) -> np.ndarray:
+    """Rows of a global batch that process `process_index` of `process_count` loads, when each process owns one
+    equal contiguous block (the layout of a mesh whose batch axes list devices process by process)."""
+    if batch_size % process_count:
+        raise ConfigError(f"a global batch of {batch_size} instances cannot be split over {process_count} processes")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    per_process = batch_size // process_count
+    return np.arange(process_index * per_process, (process_index + 1) * per_process)
+
+
+@dataclass(frozen=True)
+class HostBatch:
+    """One global batch as a host sees it: every index, but the tokens of its own rows only."""
+
+    step: int
+    indices: np.ndarray  # global instance indices of all rows (int64)
+    rows: np.ndarray  # which rows of the global batch `tokens` holds, in order
+    tokens: np.ndarray  # int32 [len(rows), seq_len]
+    fingerprint: str
+    cursor: Cursor  # where this batch started
+    next_cursor: Cursor  # where the following batch starts
+
+
+class DataPipeline:
+    """Instances, plan and order of one config; `batch(cursor, rows)` materialises a host's part of a batch."""
+
+    def __init__(self, source: InstanceSource, plan: BatchPlan, seed: int, tokenizer: Tokenizer | None) -> None:
+        self.source = source
+        self.plan = plan
+        self.seed = seed
+        self.order = GlobalOrder(plan, seed)
+        self.tokenizer = tokenizer
+
+    @property
+    def seq_len(self) -> int:
+        return self.source.seq_len
+
+    @property
+    def instances_per_epoch(self) -> int:
+        return len(self.source)
+
+    def cursor_at(self, step: int, start: Cursor | None = None) -> Cursor:
+        """The cursor of global batch `step` (counted from `start`'s step, default the run's beginning)."""
+        start = start or Cursor()
+        if step < start.step:
+            raise ValueError(f"step {step} comes before the starting step {start.step}")
+        return self.plan.advance(start, step - start.step)
+
+    def batch(self, cursor: Cursor, rows: np.ndarray | None = None) -> HostBatch:
+        """The batch at `cursor`, with the tokens of `rows` (default: all rows)."""
+        indices = self.order.indices(cursor)
+        rows = np.arange(len(indices)) if rows is None else np.asarray(rows)
+        tokens = self.source.read(indices[rows])
+        fingerprint = batch_fingerprint(self.source.identity, indices)
+        return HostBatch(cursor.step, indices, rows, tokens, fingerprint, cursor, self.plan.next_cursor(cursor))
+
+    def state(self, cursor: Cursor) -> dict[str, Any]:
+        """A small JSON-serialisable description of `cursor`, restorable with `cursor_from_state`."""
+        return {
+            "format": STATE_FORMAT,
+            **cursor.to_dict(),
+            "seed": self.seed,
+            "instances_per_epoch": self.instances_per_epoch,
+            "source": self.source.identity,
+        }
+
+    def cursor_from_state(self, state: dict[str, Any]) -> Cursor:
+        """The cursor saved by `state`; refuses a state saved for other data or another seed."""
+        if state.get("format") != STATE_FORMAT:
+            raise ConfigError(f"loader state has format {state.get('format')!r}, expected {STATE_FORMAT!r}")
+        for key, current in (
+            ("seed", self.seed),
+            ("instances_per_epoch", self.instances_per_epoch),
+            ("source", self.source.identity),
+        ):
+            if state.get(key) != current:
+                raise ConfigError(
+                    f"loader state was saved with {key}={state.get(key)!r} but the data now gives {current!r}; "
+                    "resuming would not continue the same order (check data.paths, data.seed, sequence length)"
+                )
+        try:
+            return Cursor(**{k: int(state[k]) for k in ("step", "epoch", "position", "instances_consumed")})
+        except KeyError as e:
+            raise ConfigError(f"loader state lacks {e.args[0]!r}") from None
+
+
+def _tokenizer_for(config: TrainConfig, builtin_tokenizer: str | None) -> Tokenizer | None:
+    identifier = config.tokenizer.identifier
+    if builtin_tokenizer is not None:
+        if identifier not in (None, "builtin"):
+            raise ConfigError(
+                f"tokenizer.identifier={identifier!r} but no data.paths are set, so the built-in corpus (tokenized "
+                "with its own tokenizer) would be used; set data.paths or tokenizer.identifier=builtin"
+            )
+        identifier = builtin_tokenizer
+    if identifier is None:
+        return None
+    try:
+        tokenizer = load_tokenizer(identifier)
+    except TokenizerError as e:
+        # Training does not need the tokenizer; decoding in inspect and the EOS check below do.
+        log.warning("tokenizer unavailable, continuing without it: %s", e)
+        return None
+    model = config.model
+    if tokenizer.eos_token_id != model.eos_token_id:
+        raise ConfigError(
+            f"the tokenizer {identifier!r} has EOS id {tokenizer.eos_token_id} but model.eos_token_id is "
+            f"{model.eos_token_id}; set --config.model.eos_token_id={tokenizer.eos_token_id} or use the tokenizer "
+            "the data was made with (OLMo's two GPT-NeoX files swap ids 0 and 50279)"
+        )
+    if tokenizer.vocab_size > model.vocab_size:
+        raise ConfigError(
+            f"the tokenizer {identifier!r} has {tokenizer.vocab_size} tokens but model.vocab_size is {model.vocab_size}"
+        )
+    return tokenizer
+
+
+def build_pipeline(config: TrainConfig) -> DataPipeline:
+    """The data pipeline `config` describes (building the built-in corpus when it is the one to use)."""
+    seq_len = sequence_length(config)
+    seed = data_seed(config)
+    paths, sources = list(config.data.paths), dict(config.data.sources)
+    builtin_tokenizer = None
+    if not paths and not sources and config.data.builtin_corpus:
+        from olmo_jax.data.builtin import ensure_builtin_corpus
+
+        corpus = ensure_builtin_corpus(seq_len)
+        paths, builtin_tokenizer = corpus.token_paths, corpus.tokenizer_path
+    source = build_instance_source(
+        paths,
+        sources,
+        seq_len=seq_len,
+        vocab_size=config.model.vocab_size,
+        dtype=config.data.dtype,
+        seed=seed,
+    )
+    tokenizer = _tokenizer_for(config, builtin_tokenizer)
+    plan = BatchPlan(
+        len(source),
+        seq_len,
+        config.global_train_batch_size,
+        warmup=config.batch_size_warmup,
+        drop_last=config.data.drop_last,
+    )
+    return DataPipeline(source, plan, seed, tokenizer)

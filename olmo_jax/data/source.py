@@ -1,0 +1,266 @@
+"""Token files → fixed-length training instances, exactly as OLMo chunks them.
+
+OLMo's token files are raw little-endian arrays with no header (uint16 when the vocabulary fits, else uint32).
+The files are taken in order; file `f` holds `len(f) // seq_len` instances (its trailing partial chunk is
+dropped), and instance `i` is the `i`-th chunk of that concatenation of per-file chunk lists.
+
+Several named sources (`data.sources`) are concatenated in name order (sorted, so that a config written back by
+`yaml.safe_dump`, which sorts keys, gives the same instance indices). A source's `weight` is its sampling rate
+per epoch, Dolma-style: weight 2 lists each of its instances twice, 0.5 lists a fixed random half (chosen with
+`PCG64([seed, source_number])`), 0 leaves it out. With every weight 1 the index space is the plain concatenation.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import json
+import math
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from olmo_jax.config import ConfigError
+
+
+class DataError(ValueError):
+    """Bad token data; the message names the file (and the token offset where it applies)."""
+
+
+def token_dtype(vocab_size: int, override: str | None = None) -> np.dtype:
+    """The token file dtype: `override` if given, else uint16 when every id fits (vocab ≤ 65,536), else uint32."""
+    if override is not None:
+        if override not in ("uint16", "uint32"):
+            raise ConfigError(f"invalid value {override!r} for data.dtype; valid choices: 'uint16', 'uint32'")
+        return np.dtype(override)
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+
+
+def expand_paths(patterns: Sequence[str], key: str = "data.paths") -> list[str]:
+    """Expand globs (each pattern's matches sorted, patterns kept in order); a pattern matching nothing is an error."""
+    paths: list[str] = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(str(pattern))
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                raise ConfigError(f"{key}: the pattern {pattern!r} matches no file")
+            paths.extend(matches)
+        else:
+            paths.append(pattern)
+    return paths
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    """One token file: where it is, which named source it belongs to, and how many tokens it holds."""
+
+    path: str
+    source: str
+    num_tokens: int
+    dtype: np.dtype
+
+
+def open_token_file(path: str, dtype: np.dtype, source: str = "") -> TokenFile:
+    """Check that `path` is a non-empty raw token file of `dtype` and describe it."""
+    if not os.path.exists(path):
+        raise DataError(f"token file {path} does not exist")
+    if not os.path.isfile(path):
+        raise DataError(f"token file {path} is not a regular file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise DataError(f"token file {path} is empty")
+    if size % dtype.itemsize:
+        raise DataError(
+            f"token file {path} has {size} bytes, not a multiple of the {dtype.name} item size {dtype.itemsize} "
+            "(is data.dtype right?)"
+        )
+    return TokenFile(path=path, source=source, num_tokens=size // dtype.itemsize, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class InstanceLocation:
+    """Where instance `index` lives: its file and the offset (in tokens) of its first token there."""
+
+    index: int
+    path: str
+    source: str
+    offset: int
+
+
+class InstanceSource:
+    """Random access to the fixed-length instances of a list of token files (thread-safe reads)."""
+
+    def __init__(
+        self,
+        files: Sequence[TokenFile],
+        seq_len: int,
+        *,
+        vocab_size: int | None = None,
+        mix: np.ndarray | None = None,
+        mix_description: Any = None,
+    ) -> None:
+        """`mix`, if given, maps each (virtual) instance index to an index of the plain concatenation."""
+        if seq_len <= 0:
+            raise ConfigError(f"the sequence length (data.sequence_length or model.max_sequence_length) is {seq_len}")
+        self.files = list(files)
+        self.seq_len = seq_len
+        self.vocab_size = vocab_size
+        counts = np.array([f.num_tokens // seq_len for f in self.files], dtype=np.int64)
+        # starts[k] is the first concatenated instance index of file k; starts[-1] the total.
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self.num_base_instances = int(self._starts[-1])
+        if self.num_base_instances == 0:
+            total = sum(f.num_tokens for f in self.files)
+            raise DataError(
+                f"the token files hold {total} tokens in all, not one instance of {seq_len} tokens "
+                "(a file shorter than the sequence length holds none)"
+            )
+        self._mix = mix
+        self._mix_description = mix_description
+        self._memmaps: dict[int, np.memmap] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._mix) if self._mix is not None else self.num_base_instances
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.files[0].dtype
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """16 hex digits naming the instance space: files (by name and length), dtype, seq_len and the mix."""
+        description = {
+            "files": [[f.source, os.path.basename(f.path), f.num_tokens] for f in self.files],
+            "dtype": self.dtype.name,
+            "seq_len": self.seq_len,
+            "mix": self._mix_description,
+        }
+        return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _bases(self, indices: np.ndarray) -> np.ndarray:
+        """Concatenated-instance indices of (virtual) `indices`, range-checked."""
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            bad = indices[(indices < 0) | (indices >= len(self))][0]
+            raise IndexError(f"instance index {bad} is out of range for {len(self)} instances")
+        return self._mix[indices] if self._mix is not None else indices
+
+    def _file_and_offset(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        bases = self._bases(np.asarray(indices, dtype=np.int64))
+        files = np.searchsorted(self._starts, bases, side="right") - 1
+        return files, (bases - self._starts[files]) * self.seq_len
+
+    def locate(self, index: int) -> InstanceLocation:
+        """The file and token offset of instance `index`."""
+        files, offsets = self._file_and_offset(np.array([index]))
+        f = self.files[int(files[0])]
+        return InstanceLocation(index=int(index), path=f.path, source=f.source, offset=int(offsets[0]))
+
+    def _memmap(self, k: int) -> np.memmap:
+        with self._lock:
+            if k not in self._memmaps:
+                f = self.files[k]
+                self._memmaps[k] = np.memmap(f.path, dtype=f.dtype, mode="r", shape=(f.num_tokens,))
+            return self._memmaps[k]
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The tokens of `indices` as an int32 array [len(indices), seq_len]; ids ≥ vocab_size are an error."""
+        indices = np.asarray(indices, dtype=np.int64)
+        files, offsets = self._file_and_offset(indices)
+        out = np.empty((len(indices), self.seq_len), dtype=np.int32)
+        for row, (k, offset) in enumerate(zip(files.tolist(), offsets.tolist(), strict=True)):
+            out[row] = self._memmap(k)[offset : offset + self.seq_len]
+        if self.vocab_size is not None and out.size and int(out.max()) >= self.vocab_size:
+            row, col = np.argwhere(out >= self.vocab_size)[0]
+            location = self.locate(int(indices[row]))
+            raise DataError(
+                f"token file {location.path}: token id {int(out[row, col])} at token offset "
+                f"{location.offset + int(col)} is >= model.vocab_size {self.vocab_size} "
+                "(tokenized with another tokenizer, or the wrong data.dtype?)"
+            )
+        return out
+
+
+def _source_entries(sources: dict[str, Any]) -> list[tuple[str, list[str], float]]:
+    """Normalise `data.sources` ({name: {paths, weight}} or OLMo's {name: [paths]}) to sorted (name, paths, w)."""
+    entries = []
+    for name in sorted(sources):
+        spec = sources[name]
+        key = f"data.sources.{name}"
+        if isinstance(spec, (list, tuple, str)):
+            paths, weight = spec, 1.0
+        elif isinstance(spec, dict):
+            unknown = set(spec) - {"paths", "weight"}
+            if unknown:
+                raise ConfigError(f"unknown key {key}.{sorted(unknown)[0]}; valid keys: paths, weight")
+            if "paths" not in spec:
+                raise ConfigError(f"{key} needs 'paths'")
+            paths, weight = spec["paths"], spec.get("weight", 1.0)
+        else:
+            raise ConfigError(f"{key} must be a list of paths or a mapping with 'paths' and 'weight'")
+        if isinstance(paths, str):
+            paths = [paths]
+        try:
+            weight = float(weight)
+        except (TypeError, ValueError):
+            raise ConfigError(f"invalid value {weight!r} for {key}.weight; expected a number") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"invalid value {weight!r} for {key}.weight; expected a finite number >= 0")
+        entries.append((name, expand_paths(paths, key=f"{key}.paths"), weight))
+    return entries
+
+
+def _mix_index(counts: list[int], weights: list[float], seed: int) -> np.ndarray:
+    """Concatenated-index list where source `s` appears `weight` times (the fraction as a fixed random subset)."""
+    parts = []
+    start = 0
+    for number, (count, weight) in enumerate(zip(counts, weights, strict=True)):
+        whole = int(math.floor(weight))
+        base = np.arange(start, start + count, dtype=np.int64)
+        parts.extend([base] * whole)
+        extra = int(round((weight - whole) * count))
+        if extra:
+            rng = np.random.Generator(np.random.PCG64([seed, number]))
+            parts.append(start + np.sort(rng.choice(count, size=extra, replace=False)).astype(np.int64))
+        start += count
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def build_instance_source(
+    paths: Sequence[str],
+    sources: dict[str, Any],
+    *,
+    seq_len: int,
+    vocab_size: int,
+    dtype: str | None = None,
+    seed: int = 0,
+) -> InstanceSource:
+    """The instance space of `data.paths` or of the named `data.sources` (exactly one of them must be given)."""
+    if paths and sources:
+        raise ConfigError("give data.paths or data.sources, not both")
+    if not paths and not sources:
+        raise ConfigError("no training data: set data.paths (token files, globs welcome) or data.sources")
+    file_dtype = token_dtype(vocab_size, dtype)
+    if paths:
+        files = [open_token_file(p, file_dtype) for p in expand_paths(paths)]
+        return InstanceSource(files, seq_len, vocab_size=vocab_size)
+    entries = _source_entries(sources)
+    files, counts, weights = [], [], []
+    for name, source_paths, weight in entries:
+        source_files = [open_token_file(p, file_dtype, source=name) for p in source_paths]
+        files.extend(source_files)
+        counts.append(sum(f.num_tokens // seq_len for f in source_files))
+        weights.append(weight)
+    if all(w == 1.0 for w in weights):
+        return InstanceSource(files, seq_len, vocab_size=vocab_size)
+    mix = _mix_index(counts, weights, seed)
+    if len(mix) == 0:
+        raise ConfigError("data.sources: the weights leave no instance to train on")
+    description = {"weights": dict(zip([e[0] for e in entries], weights, strict=True)), "seed": seed}
+    return InstanceSource(files, seq_len, vocab_size=vocab_size, mix=mix, mix_description=description)
