@@ -1,0 +1,555 @@
+"""Hugging Face OLMo-1 (`OlmoForCausalLM`, model_type "olmo") <-> olmo_jax: names, config, weights.
+
+The two layouts hold the same numbers:
+
+| olmo_jax (kernels [in, out], layers stacked)  | HF (torch Linear weights [out, in], one per layer)  |
+|-----------------------------------------------|-----------------------------------------------------|
+| `wte` [V, d]                                  | `model.embed_tokens.weight` [V, d]                  |
+| `att_proj[i, :, 0/1/2]` [d, H, Dh]            | `model.layers.i.self_attn.{q,k,v}_proj.weight` [d, d] |
+| `attn_out[i]` [H, Dh, d]                      | `model.layers.i.self_attn.o_proj.weight` [d, d]     |
+| `ff_proj[i, :, 0/1]` [d, hidden] (up, gate)   | `model.layers.i.mlp.{up,gate}_proj.weight` [hidden, d] |
+| `ff_out[i]` [hidden, d]                       | `model.layers.i.mlp.down_proj.weight` [d, hidden]   |
+| `lm_head` [d, V] (untied only)                | `lm_head.weight` [V, d]                             |
+
+Weights move one tensor at a time: the writer streams each tensor's bytes straight into its safetensors
+shard and the reader fills preallocated olmo_jax arrays from `safe_open`, so this module holds the
+weights once plus a tensor or two, never a second full copy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ml_dtypes
+import numpy as np
+
+from olmo_jax.config import ModelConfig
+
+if TYPE_CHECKING:
+    import transformers
+
+    from olmo_jax.model import OLMo
+
+# transformers' OlmoLayerNorm hard-codes this epsilon; other values cannot be represented in HF.
+HF_LAYER_NORM_EPS = 1e-5
+# Defaults of transformers.OlmoConfig, used for keys a config.json leaves out.
+_HF_DEFAULTS = {
+    "vocab_size": 50304,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.02,
+    "pad_token_id": 1,
+    "eos_token_id": 50279,
+    "tie_word_embeddings": False,
+    "clip_qkv": None,
+}
+# Buffers that older transformers versions saved with the weights; they carry no parameters.
+_IGNORED_HF_TENSORS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+
+DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+_SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+
+class ConversionError(ValueError):
+    """A conversion problem, reported as one line naming the file, tensor or key at fault."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Tensor names and layouts.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One HF tensor and where it lives in the olmo_jax parameter dict.
+
+    `index` selects the HF tensor's slice of the olmo_jax array `param` (a "view" of shape `view_shape`).
+    For kernels, the view's first `in_axes` axes are the input features: the HF weight is the view
+    flattened to [in, out] and transposed. `in_axes=None` marks the embedding, stored alike in both.
+    """
+
+    hf_name: str
+    param: str
+    index: tuple[Any, ...]
+    view_shape: tuple[int, ...]
+    in_axes: int | None
+
+    @property
+    def hf_shape(self) -> tuple[int, ...]:
+        if self.in_axes is None:
+            return self.view_shape
+        return (math.prod(self.view_shape[self.in_axes :]), math.prod(self.view_shape[: self.in_axes]))
+
+    def to_hf(self, params: dict[str, np.ndarray]) -> np.ndarray:
+        """The HF tensor, as a view of `params` where numpy allows (no copy) or a one-tensor copy."""
+        view = params[self.param][self.index]
+        if self.in_axes is None:
+            return view
+        fan_in = math.prod(self.view_shape[: self.in_axes])
+        return view.reshape(fan_in, -1).T
+
+    def from_hf(self, tensor: np.ndarray, params: dict[str, np.ndarray]) -> None:
+        """Write HF `tensor` (already shape-checked) into its slice of the preallocated `params`."""
+        target = params[self.param]
+        if self.in_axes is None:
+            target[self.index] = tensor
+        else:
+            target[self.index] = tensor.T.reshape(self.view_shape)
+
+
+def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the olmo_jax parameter dict, read from the model itself (nothing is allocated)."""
+    from flax import nnx
+
+    from olmo_jax.model import OLMo
+
+    abstract = nnx.eval_shape(lambda: OLMo(config, rngs=nnx.Rngs(0)))
+    state = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+    return {name: tuple(leaf.shape) for name, leaf in state.items()}
+
+
+def tensor_specs(config: ModelConfig) -> list[TensorSpec]:
+    """Every HF tensor of an `OlmoForCausalLM` with this config, in HF's order."""
+    shapes = param_shapes(config)
+    every = slice(None)
+    specs = [TensorSpec("model.embed_tokens.weight", "wte", (every,), shapes["wte"], None)]
+    for i in range(config.n_layers):
+        prefix = f"model.layers.{i}"
+        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            specs.append(
+                TensorSpec(
+                    f"{prefix}.self_attn.{name}.weight", "att_proj", (i, every, j), _drop(shapes["att_proj"], 0, 2), 1
+                )
+            )
+        specs.append(TensorSpec(f"{prefix}.self_attn.o_proj.weight", "attn_out", (i,), shapes["attn_out"][1:], 2))
+        # OLMo's fused ff_proj holds "up" first and the gate second.
+        for j, name in enumerate(("up_proj", "gate_proj")):
+            specs.append(
+                TensorSpec(f"{prefix}.mlp.{name}.weight", "ff_proj", (i, every, j), _drop(shapes["ff_proj"], 0, 2), 1)
+            )
+        specs.append(TensorSpec(f"{prefix}.mlp.down_proj.weight", "ff_out", (i,), shapes["ff_out"][1:], 1))
+    if not config.weight_tying:
+        specs.append(TensorSpec("lm_head.weight", "lm_head", (every,), shapes["lm_head"], 1))
+    return specs
+
+
+def _drop(shape: tuple[int, ...], *axes: int) -> tuple[int, ...]:
+    return tuple(n for i, n in enumerate(shape) if i not in axes)
+
+
+# --------------------------------------------------------------------------------------------------
+# config.json, both ways.
+# --------------------------------------------------------------------------------------------------
+
+
+def hf_config_dict(config: ModelConfig, dtype: str) -> dict[str, Any]:
+    """The `config.json` of an `OlmoForCausalLM` equivalent to `config`, weights stored as `dtype`."""
+    if config.layer_norm_eps != HF_LAYER_NORM_EPS:
+        raise ConversionError(
+            f"model.layer_norm_eps={config.layer_norm_eps} cannot be expressed in HF OLMo, which fixes it at 1e-05"
+        )
+    return {
+        "architectures": ["OlmoForCausalLM"],
+        "model_type": "olmo",
+        "vocab_size": config.padded_vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.hidden_size,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_sequence_length,
+        "initializer_range": config.init_std,
+        "use_cache": True,
+        "pad_token_id": config.pad_token_id,
+        "bos_token_id": None,
+        "eos_token_id": config.eos_token_id,
+        "tie_word_embeddings": config.weight_tying,
+        "rope_parameters": {"rope_theta": config.rope_theta, "rope_type": "default"},
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "clip_qkv": config.clip_qkv,
+        "dtype": dtype,
+    }
+
+
+def read_hf_config(hf_dir: Path) -> dict[str, Any]:
+    """`hf_dir/config.json`, checked to describe an OLMo-1 model."""
+    path = hf_dir / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{hf_dir} is not an HF model directory: {path} does not exist")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path} is not valid JSON: {e}") from None
+    model_type = hf.get("model_type")
+    if model_type != "olmo":
+        raise ConversionError(
+            f"{path} has model_type {model_type!r}; only 'olmo' (OLMo-1, OlmoForCausalLM) can be converted"
+        )
+    return hf
+
+
+def model_config_from_hf(hf: dict[str, Any], source: str, vocab_size: int | None = None) -> ModelConfig:
+    """The olmo_jax ModelConfig of an HF OLMo `config.json` dict (`source` names it in errors).
+
+    HF knows only the padded embedding size; `vocab_size` (the tokenizer's) defaults to it.
+    """
+
+    def get(key: str) -> Any:
+        return hf.get(key, _HF_DEFAULTS.get(key))
+
+    def unsupported(key: str, value: Any, want: str) -> ConversionError:
+        return ConversionError(f"{source}: {key}={value!r} is not supported by olmo_jax (OLMo-1 needs {want})")
+
+    heads = get("num_attention_heads")
+    if hf.get("num_key_value_heads") not in (None, heads):
+        raise unsupported("num_key_value_heads", hf["num_key_value_heads"], f"{heads}, full multi-head attention")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise unsupported("hidden_act", hf["hidden_act"], "'silu'")
+    if hf.get("attention_bias", False):
+        raise unsupported("attention_bias", hf["attention_bias"], "false")
+    rope = hf.get("rope_parameters") or {}
+    rope_type = rope.get("rope_type", (hf.get("rope_scaling") or {}).get("rope_type", "default"))
+    if rope_type != "default":
+        raise unsupported("rope_type", rope_type, "'default'")
+    rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    token_ids = {}
+    for key in ("eos_token_id", "pad_token_id"):
+        value = get(key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is None:
+            raise ConversionError(f"{source}: {key} is null; olmo_jax needs an integer token id")
+        token_ids[key] = int(value)
+    embedding_size = int(get("vocab_size"))
+    d_model, ff_proj_size = int(get("hidden_size")), 2 * int(get("intermediate_size"))
+    # OLMo's configs say `mlp_ratio` when the MLP width is a multiple of d_model (1B), else its width (7B).
+    ratio, remainder = divmod(ff_proj_size, d_model)
+    by_ratio = ratio > 0 and remainder == 0
+    config = ModelConfig(
+        d_model=d_model,
+        n_heads=int(heads),
+        n_layers=int(get("num_hidden_layers")),
+        mlp_ratio=ratio if by_ratio else ModelConfig.mlp_ratio,
+        mlp_hidden_size=None if by_ratio else ff_proj_size,
+        vocab_size=vocab_size if vocab_size is not None and vocab_size <= embedding_size else embedding_size,
+        embedding_size=embedding_size,
+        max_sequence_length=int(get("max_position_embeddings")),
+        weight_tying=bool(get("tie_word_embeddings")),
+        rope_theta=float(rope_theta),
+        clip_qkv=None if get("clip_qkv") is None else float(get("clip_qkv")),
+        layer_norm_eps=HF_LAYER_NORM_EPS,
+        init_std=float(get("initializer_range")),
+        **token_ids,
+    )
+    config.validate()
+    return config
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming safetensors I/O.
+# --------------------------------------------------------------------------------------------------
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5_000_000_000 (decimal units as HF; KiB/MiB/GiB binary); a bare number is bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ConversionError(f"invalid size {text!r}; expected e.g. 5GB, 500MB, 2GiB or a number of bytes")
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise ConversionError(f"invalid size {text!r}; it must be positive")
+    return size
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """A tensor to write: its name, final shape and dtype, and a function producing its values."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # a key of DTYPES
+    produce: Callable[[], np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPES[self.dtype].itemsize
+
+
+def _plan_shards(tensors: list[OutputTensor], max_shard_size: int) -> list[list[OutputTensor]]:
+    """Greedy split in order; a tensor larger than the limit gets a shard of its own (as HF does)."""
+    shards: list[list[OutputTensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if shards[-1] and size + tensor.nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(tensor)
+        size += tensor.nbytes
+    return shards
+
+
+def _write_safetensors_file(path: Path, tensors: list[OutputTensor]) -> None:
+    """Write one safetensors file tensor by tensor: the header is known from shapes alone."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for tensor in tensors:
+        header[tensor.name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + tensor.nbytes],
+        }
+        offset += tensor.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the format pads the header with spaces to 8-byte alignment
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for tensor in tensors:
+            values = np.ascontiguousarray(np.asarray(tensor.produce()).astype(DTYPES[tensor.dtype], copy=False))
+            if values.shape != tensor.shape:
+                raise ConversionError(
+                    f"tensor {tensor.name} has shape {list(values.shape)}, expected {list(tensor.shape)}"
+                )
+            f.write(values.reshape(-1).view(np.uint8).data)
+
+
+def write_safetensors(
+    out_dir: Path, tensors: list[OutputTensor], max_shard_size: int, progress: Callable[[str], None] | None = None
+) -> list[str]:
+    """Write `tensors` as `model.safetensors`, or as numbered shards plus `model.safetensors.index.json`
+    when they exceed `max_shard_size` bytes. Returns the names of the files written."""
+    shards = _plan_shards(tensors, max_shard_size)
+    if len(shards) == 1:
+        names = [SAFE_WEIGHTS_NAME]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards, strict=True):
+        if progress:
+            progress(f"writing {name} ({len(shard)} tensors, {sum(t.nbytes for t in shard) / 1e6:.1f} MB)")
+        _write_safetensors_file(out_dir / name, shard)
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.nbytes for t in tensors)},
+            "weight_map": {t.name: name for name, shard in zip(names, shards, strict=True) for t in shard},
+        }
+        (out_dir / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        names.append(SAFE_WEIGHTS_INDEX_NAME)
+    return names
+
+
+class SafetensorsReader:
+    """Tensor-by-tensor access to an HF directory's safetensors weights (one file or an index of shards)."""
+
+    def __init__(self, hf_dir: Path):
+        from safetensors import SafetensorError, safe_open
+
+        self._safe_open = safe_open
+        self._error = SafetensorError
+        self._open: dict[Path, Any] = {}
+        self.hf_dir = hf_dir
+        index_path = hf_dir / SAFE_WEIGHTS_INDEX_NAME
+        if index_path.is_file():
+            try:
+                weight_map = json.loads(index_path.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ConversionError(f"{index_path} is not a valid safetensors index: {e}") from None
+            self.files = {name: hf_dir / file for name, file in weight_map.items()}
+        elif (hf_dir / SAFE_WEIGHTS_NAME).is_file():
+            self.files = dict.fromkeys(self._file(hf_dir / SAFE_WEIGHTS_NAME).keys(), hf_dir / SAFE_WEIGHTS_NAME)
+        else:
+            raise ConversionError(
+                f"no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME} in {hf_dir} "
+                "(only safetensors weights are read; re-save other formats with save_pretrained)"
+            )
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._open.values():
+            handle.__exit__(None, None, None)
+        self._open.clear()
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def _file(self, path: Path) -> Any:
+        """The open safe_open handle of `path` (files are memory-mapped, so opening reads no tensor)."""
+        if path not in self._open:
+            if not path.is_file():
+                raise ConversionError(f"safetensors file {path} does not exist")
+            try:
+                self._open[path] = self._safe_open(path, framework="numpy").__enter__()
+            except self._error as e:
+                raise ConversionError(f"{path} is not a readable safetensors file: {e}") from None
+        return self._open[path]
+
+    def _handle(self, name: str) -> Any:
+        return self._file(self.files[name])
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        handle = self._handle(name)
+        try:
+            return tuple(handle.get_slice(name).get_shape())
+        except self._error:
+            raise ConversionError(f"tensor {name} is listed for {self.files[name]} but missing from it") from None
+
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype code, e.g. 'F32', 'BF16'."""
+        return self._handle(name).get_slice(name).get_dtype()
+
+    def get(self, name: str) -> np.ndarray:
+        return self._handle(name).get_tensor(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole-model conversion.
+# --------------------------------------------------------------------------------------------------
+
+
+def check_param_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig) -> None:
+    """Raise ConversionError naming the first parameter whose shape (or presence) disagrees with `config`."""
+    expected = param_shapes(config)
+    for name in sorted(set(expected) | set(shapes)):
+        if name not in shapes:
+            raise ConversionError(f"parameter {name} (shape {list(expected[name])}) is missing")
+        if name not in expected:
+            raise ConversionError(f"unexpected parameter {name}; the config's model has {', '.join(expected)}")
+        if tuple(shapes[name]) != expected[name]:
+            raise ConversionError(
+                f"parameter {name} has shape {list(shapes[name])}, the config needs {list(expected[name])}"
+            )
+
+
+def hf_tensors(params: dict[str, np.ndarray], config: ModelConfig, dtype: str) -> list[OutputTensor]:
+    """The HF tensors of `params` (olmo_jax layout), produced lazily one at a time, cast to `dtype`."""
+    check_param_shapes({name: np.shape(value) for name, value in params.items()}, config)
+    return [
+        OutputTensor(spec.hf_name, spec.hf_shape, dtype, lambda spec=spec: spec.to_hf(params))
+        for spec in tensor_specs(config)
+    ]
+
+
+def export_hf(
+    params: dict[str, np.ndarray],
+    config: ModelConfig,
+    out_dir: Path,
+    *,
+    dtype: str = "float32",
+    max_shard_size: int = 5 * 10**9,
+    progress: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Write `config.json` and safetensors weights for `OlmoForCausalLM` into the existing `out_dir`."""
+    if dtype not in DTYPES:
+        raise ConversionError(f"invalid dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    hf_config = hf_config_dict(config, dtype)
+    files = write_safetensors(out_dir, hf_tensors(params, config, dtype), max_shard_size, progress)
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    generation = {"bos_token_id": None, "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id}
+    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    return [*files, "config.json", "generation_config.json"]
+
+
+def hf_weights_dtype(reader: SafetensorsReader, names: list[str]) -> str:
+    """'bfloat16' when every named tensor is stored in bf16, else 'float32' (f16 widens losslessly)."""
+    return "bfloat16" if all(reader.dtype(name) == "BF16" for name in names) else "float32"
+
+
+def import_hf(
+    hf_dir: Path,
+    *,
+    dtype: str | None = None,
+    vocab_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """Read an HF OLMo directory into (ModelConfig, olmo_jax params as numpy), one tensor at a time.
+
+    `dtype` None keeps the stored precision (bf16 stays bf16; anything else becomes fp32). Raises
+    ConversionError naming the tensor for a missing, unexpected or wrongly shaped tensor.
+    """
+    hf = read_hf_config(hf_dir)
+    config = model_config_from_hf(hf, str(hf_dir / "config.json"), vocab_size)
+    specs = tensor_specs(config)
+    with SafetensorsReader(hf_dir) as reader:
+        available = set(reader.names())
+        for spec in specs:
+            if spec.hf_name not in available:
+                raise ConversionError(
+                    f"tensor {spec.hf_name} (expected shape {list(spec.hf_shape)}) is missing from {hf_dir}"
+                )
+        known = {spec.hf_name for spec in specs} | ({"lm_head.weight"} if config.weight_tying else set())
+        unexpected = sorted(n for n in available - known if not _IGNORED_HF_TENSORS.fullmatch(n))
+        if unexpected:
+            raise ConversionError(f"unexpected tensor {unexpected[0]} in {hf_dir} (not part of an OLMo-1 model)")
+        for spec in specs:
+            shape = reader.shape(spec.hf_name)
+            if shape != spec.hf_shape:
+                raise ConversionError(
+                    f"tensor {spec.hf_name} has shape {list(shape)} in {hf_dir}, "
+                    f"expected {list(spec.hf_shape)} from config.json"
+                )
+        dtype = dtype or hf_weights_dtype(reader, [spec.hf_name for spec in specs])
+        if dtype not in DTYPES:
+            raise ConversionError(f"invalid dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        config.param_dtype = dtype
+        params = {name: np.empty(shape, DTYPES[dtype]) for name, shape in param_shapes(config).items()}
+        for k, spec in enumerate(specs):
+            if progress and (k % max(1, len(specs) // 10) == 0 or k == len(specs) - 1):
+                progress(f"reading tensor {k + 1}/{len(specs)}: {spec.hf_name}")
+            spec.from_hf(reader.get(spec.hf_name).astype(DTYPES[dtype], copy=False), params)
+    return config, params
+
+
+def host_params(model: OLMo) -> dict[str, np.ndarray]:
+    """The model's parameters as a pure dict of host numpy arrays (olmo_jax layout)."""
+    from flax import nnx
+
+    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {name: np.asarray(value) for name, value in state.items()}
+
+
+def iter_torch_state(params: dict[str, np.ndarray], config: ModelConfig) -> Iterator[tuple[str, Any]]:
+    """(HF name, fp32 torch tensor) pairs of `params`, one tensor materialised at a time."""
+    import torch
+
+    for tensor in hf_tensors(params, config, "float32"):
+        yield tensor.name, torch.from_numpy(np.ascontiguousarray(tensor.produce().astype(np.float32)))
+
+
+def to_transformers(model: OLMo) -> transformers.OlmoForCausalLM:
+    """An fp32 `transformers.OlmoForCausalLM` holding `model`'s weights (in memory; for parity and eval)."""
+    import torch
+    import transformers
+
+    config = model.config
+    hf_config = hf_config_dict(config, "float32")
+    hf_config.pop("architectures")
+    hf_config.pop("model_type")
+    hf_model = transformers.OlmoForCausalLM(transformers.OlmoConfig(**hf_config)).to(torch.float32)
+    state = dict(iter_torch_state(host_params(model), config))
+    result = hf_model.load_state_dict(state, strict=False)
+    allowed_missing = {"lm_head.weight"} if config.weight_tying else set()
+    if set(result.missing_keys) - allowed_missing or result.unexpected_keys:
+        raise ConversionError(
+            f"transformers OlmoForCausalLM disagrees on tensor names: missing {sorted(result.missing_keys)}, "
+            f"unexpected {sorted(result.unexpected_keys)}"
+        )
+    if config.weight_tying:
+        hf_model.tie_weights()
+    return hf_model.eval()

@@ -1,0 +1,85 @@
+"""`olmo_jax.from_pretrained`: a ready-to-run model from an olmo_jax checkpoint or an HF OLMo directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from olmo_jax.checkpoint import CheckpointError, read_config, resolve_checkpoint, restore_params
+from olmo_jax.config import ModelConfig
+from olmo_jax.convert.hf import import_hf
+from olmo_jax.convert.tokenizer_files import find_hf_tokenizer, tokenizer_vocab_size
+from olmo_jax.model import DTYPES, OLMo
+
+
+@nnx.jit
+def _logits(model: OLMo, tokens: jax.Array) -> jax.Array:
+    return model(tokens)
+
+
+@dataclass
+class Pretrained:
+    """A loaded OLMo: `pretrained(tokens int32 [B, T]) -> float32 logits [B, T, embedding_size]`."""
+
+    config: ModelConfig
+    model: OLMo
+    tokenizer_identifier: str | None  # for olmo_jax.data.tokenizer.load_tokenizer; None when unknown
+
+    def __call__(self, tokens: Any) -> jax.Array:
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be an integer array [batch, time], got {tokens.dtype}{list(tokens.shape)}")
+        return _logits(self.model, tokens.astype(jnp.int32))
+
+
+def is_hf_dir(path: Path) -> bool:
+    """An HF model directory has a `config.json`; olmo_jax checkpoints never do."""
+    return (path / "config.json").is_file()
+
+
+def build_model(config: ModelConfig, params: dict[str, Any]) -> OLMo:
+    """An OLMo holding `params` (a pure dict, numpy or jax); `params` is emptied as arrays move to device."""
+    abstract = nnx.eval_shape(lambda: OLMo(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    expected = nnx.to_pure_dict(state)
+    if set(params) != set(expected):
+        raise CheckpointError(f"parameters {sorted(params)} do not match the model's {sorted(expected)}")
+    arrays = {}
+    for name in list(params):
+        value = params.pop(name)  # drop the host copy as soon as the device copy exists
+        want = expected[name]
+        if tuple(value.shape) != tuple(want.shape):
+            raise CheckpointError(
+                f"parameter {name} has shape {list(value.shape)}, the config needs {list(want.shape)}"
+            )
+        arrays[name] = jnp.asarray(value, dtype=want.dtype)
+    nnx.replace_by_pure_dict(state, arrays)
+    return nnx.merge(graphdef, state)
+
+
+def from_pretrained(path: str | Path, *, compute_dtype: str | None = None) -> Pretrained:
+    """Load `path`: an olmo_jax run dir, `checkpoints/` dir or step dir, or an HF OLMo directory.
+
+    `compute_dtype` ("float32", "bfloat16", "float16") overrides the checkpoint's; logits are fp32 always.
+    """
+    path = Path(path)
+    if compute_dtype is not None and compute_dtype not in DTYPES:
+        raise ValueError(f"invalid compute_dtype {compute_dtype!r}; choose one of {', '.join(DTYPES)}")
+    if is_hf_dir(path):
+        tokenizer_file = find_hf_tokenizer(path)
+        vocab_size = tokenizer_vocab_size(tokenizer_file) if tokenizer_file else None
+        config, params = import_hf(path, vocab_size=vocab_size)
+        identifier = str(tokenizer_file.absolute()) if tokenizer_file else None
+    else:
+        step_dir = resolve_checkpoint(path)
+        train_config = read_config(step_dir)
+        config, identifier = train_config.model, train_config.tokenizer.identifier
+        params = restore_params(step_dir)
+    if compute_dtype is not None:
+        config.compute_dtype = compute_dtype
+    return Pretrained(config=config, model=build_model(config, params), tokenizer_identifier=identifier)
