@@ -4,15 +4,21 @@ python -m olmo_jax.main --config=tiny                       # the offline demo (
 python -m olmo_jax.main --config=7b --config.mesh.fsdp=-1 --workdir=runs/7b
 python -m olmo_jax.main --config=path/to/OLMo-7B.yaml       # an original OLMo YAML, translated
 XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m olmo_jax.main --config=7b --dry_run
+launch/local_multiprocess.sh 2 --config=tiny                # 2 CPU processes x 4 fake devices
+srun python -m olmo_jax.main --config=7b                    # one process per task (see launch/)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
-from olmo_jax.config import ConfigError, load_config, preset_names, split_config_args
+import jax
+
+from olmo_jax import distributed
+from olmo_jax.config import ConfigError, TrainConfig, load_config, preset_names, split_config_args
 
 USAGE = __doc__
 
@@ -42,10 +48,62 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str, dict[str, str]
         help="compile the train step for the configured mesh from abstract shapes (nothing is allocated) and "
         "print parameter count, FLOPs/token and per-device memory, then exit",
     )
+    add_distributed_args(parser)
     args = parser.parse_args(rest)
     if config_name is None:
         parser.error("--config=NAME|PATH is required")
     return args, config_name, overrides
+
+
+def add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that place this process in a multi-process (multi-host) run; see olmo_jax/distributed.py."""
+    group = parser.add_argument_group(
+        "multi-process runs",
+        "Without these flags the layout comes from the cluster (an srun step of several tasks, or mpirun),\n"
+        "else the run is a single process. Flags win over the config fields of the same name, which win over\n"
+        "the cluster. Every process must get the same config: they refuse to start otherwise.",
+    )
+    group.add_argument(
+        "--coordinator_address",
+        metavar="HOST:PORT",
+        help="address of process 0, where it serves the coordination service (any free port, same on every process)",
+    )
+    group.add_argument("--num_processes", type=int, metavar="N", help="how many processes the run has")
+    group.add_argument("--process_id", type=int, metavar="I", help="this process's id, 0..N-1 (0 writes the logs)")
+    group.add_argument(
+        "--cluster",
+        choices=distributed.CLUSTERS,
+        default="auto",
+        help="where to read the layout from: auto (SLURM, then Open MPI), none (only the flags), slurm, or one "
+        "of JAX's detection methods (ompi, mpi4py, k8s, gcetpu, gketpu); default: %(default)s",
+    )
+    group.add_argument(
+        "--init_timeout",
+        type=int,
+        default=distributed.DEFAULT_INIT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="give up with an error when not every process has joined within this time; default: %(default)s",
+    )
+    group.add_argument(
+        "--heartbeat_timeout",
+        type=int,
+        default=distributed.DEFAULT_HEARTBEAT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="a process that has been silent this long counts as dead, and every other process then stops "
+        "with an error; default: %(default)s",
+    )
+
+
+def process_layout(args: argparse.Namespace, config: TrainConfig) -> distributed.ProcessLayout:
+    """This process's layout from the flags, else the config's fields, else the cluster environment."""
+
+    def given(name: str):
+        flag = getattr(args, name)
+        return flag if flag is not None else getattr(config, name)
+
+    return distributed.resolve_layout(
+        given("coordinator_address"), given("num_processes"), given("process_id"), cluster=args.cluster
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,18 +115,36 @@ def main(argv: list[str] | None = None) -> int:
             config.save_folder = str(args.workdir)
         run_dir = Path(config.save_folder or Path("runs") / config.run_name)
         config.save_folder = str(run_dir)
+        layout = distributed.initialize(
+            process_layout(args, config), init_timeout=args.init_timeout, heartbeat_timeout=args.heartbeat_timeout
+        )
+        digest = distributed.check_same_config(config)
+        is_writer = jax.process_index() == 0
+        if layout.is_multiprocess and is_writer:
+            print(
+                f"olmo_jax: {layout.num_processes} processes ({layout.source}), coordinator "
+                f"{layout.coordinator_address or 'from JAX'} | {jax.device_count()} devices, "
+                f"{jax.local_device_count()} per process | config hash {digest[:12]}",
+                flush=True,
+            )
 
         from olmo_jax import sharding, train
 
         if args.dry_run:
             report = train.dry_run(config, sharding.make_mesh(config.mesh))
-            print_dry_run(report)
+            if is_writer:
+                print_dry_run(report)
             return 0
         train.fit(config, run_dir)
         return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return distributed.exit_after_failure(2)
+    except Exception:
+        if not jax.distributed.is_initialized():
+            raise
+        traceback.print_exc()
+        return distributed.exit_after_failure(1)
 
 
 def print_dry_run(report: dict) -> None:
