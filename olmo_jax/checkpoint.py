@@ -1,33 +1,57 @@
 """The olmo_jax checkpoint layout, on `orbax.checkpoint.CheckpointManager`.
 
     <run_dir>/checkpoints/<step>/     one CheckpointManager step with named items:
-        params/    the parameter pytree as a pure nested dict, keys the model's attribute names
-                   (wte, att_proj, attn_out, ff_proj, ff_out, lm_head), Orbax's standard array format
-        config/    JSON {"config": to_dict(TrainConfig), "tokenizer": <tokenizer identity or null>}
+        params/     the parameter pytree as a pure nested dict, keys the model's attribute names
+                    (wte, att_proj, attn_out, ff_proj, ff_out, lm_head), Orbax's standard array format
+        config/     JSON {"config": to_dict(TrainConfig), "tokenizer": <tokenizer identity or null>}
+        opt_state/  the optimizer state pytree (Orbax's standard array format)       } training
+        data/       JSON: the data loader's state (`TrainLoader.state()`)             } checkpoints
+        meta/       JSON: step, non-finite step count, tokens seen, seed (see `TrainMeta`) } only
 
-Orbax writes each step under a temporary name and renames it when complete, so a step directory that
-exists under its number is complete; readers still require both items to be present.
+`params/` and `config/` are what every reader needs (`to-hf`, `from_pretrained`, a weights-only start); a
+`from-hf` conversion writes only those. The training loop's `Checkpointer` writes all five.
+
+Orbax writes each step under a temporary name (`<step>.orbax-checkpoint-tmp`) and renames it when complete, so
+a step directory that exists under its number is complete; readers still require both `params/` and `config/`.
+A step that exists but cannot be read (damaged storage) is moved aside as `<step>.corrupt-<time>` when the
+trainer resumes, and the previous step is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers
 
 from olmo_jax.config import ConfigError, TrainConfig, from_dict, to_dict
 
 CHECKPOINTS_DIR = "checkpoints"
 PARAMS_ITEM = "params"
 CONFIG_ITEM = "config"
+OPT_STATE_ITEM = "opt_state"
+DATA_ITEM = "data"
+META_ITEM = "meta"
 REQUIRED_ITEMS = (PARAMS_ITEM, CONFIG_ITEM)
+TRAINING_ITEMS = (OPT_STATE_ITEM, DATA_ITEM, META_ITEM)
+META_FORMAT = "olmo_jax.train_meta/1"
+
+log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A missing or malformed checkpoint, reported as one line naming the path."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint that does not fit the configured model or optimizer."""
 
 
 class _DropReadOnlyNotice(logging.Filter):
@@ -42,7 +66,13 @@ logging.getLogger("absl").addFilter(_DropReadOnlyNotice())
 
 def item_handlers() -> dict[str, ocp.CheckpointHandler]:
     """Handlers of the named items in a step directory."""
-    return {PARAMS_ITEM: ocp.StandardCheckpointHandler(), CONFIG_ITEM: ocp.JsonCheckpointHandler()}
+    return {
+        PARAMS_ITEM: ocp.StandardCheckpointHandler(),
+        CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+        OPT_STATE_ITEM: ocp.StandardCheckpointHandler(),
+        DATA_ITEM: ocp.JsonCheckpointHandler(),
+        META_ITEM: ocp.JsonCheckpointHandler(),
+    }
 
 
 def checkpoint_manager(checkpoints_dir: Path, *, read_only: bool = False, **options: Any) -> ocp.CheckpointManager:
@@ -62,6 +92,11 @@ def checkpoint_manager(checkpoints_dir: Path, *, read_only: bool = False, **opti
 
 def _is_complete_step(path: Path) -> bool:
     return path.is_dir() and path.name.isdigit() and all((path / item).is_dir() for item in REQUIRED_ITEMS)
+
+
+def has_training_state(step_dir: Path) -> bool:
+    """Whether a step holds a whole training state (optimizer, loader, meta), not only weights and config."""
+    return all((Path(step_dir) / item).is_dir() for item in TRAINING_ITEMS)
 
 
 def _latest_step_dir(checkpoints_dir: Path) -> Path | None:
@@ -102,7 +137,10 @@ def read_checkpoint_metadata(step_dir: Path) -> dict[str, Any]:
     manager, step = _manager_for_step(step_dir)
     with manager:
         item = manager.restore(step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
-    data = item[CONFIG_ITEM]
+    return _checked_metadata(item[CONFIG_ITEM], step_dir)
+
+
+def _checked_metadata(data: Any, step_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise CheckpointError(f"{step_dir / CONFIG_ITEM} does not hold a {{'config': ...}} mapping")
     return data
@@ -180,3 +218,294 @@ def write_params_checkpoint(
         )
         manager.wait_until_finished()
     return checkpoints_dir / str(step)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training checkpoints: the whole state, saved asynchronously, resumed from the latest readable step
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainMeta:
+    """The scalar training state in `meta/`: everything that is neither an array nor the loader's position.
+
+    The train step draws no random numbers, so the run's randomness is `seed` (parameter initialisation)
+    and the data order, whose seed travels in the loader state.
+    """
+
+    step: int  # batches consumed (the step directory's number)
+    nonfinite_steps: int  # updates the non-finite guard skipped so far
+    tokens_seen: int
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": META_FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: Path) -> TrainMeta:
+        if not isinstance(data, dict) or data.get("format") != META_FORMAT:
+            raise CheckpointError(f"{where} is not an olmo_jax training meta item (format {META_FORMAT!r})")
+        values = {}
+        for field in dataclasses.fields(cls):
+            value = data.get(field.name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise CheckpointError(f"{where} lacks an integer {field.name!r}")
+            values[field.name] = value
+        return cls(**values)
+
+
+def read_train_meta(step_dir: Path) -> TrainMeta:
+    """The `meta` item of a training checkpoint step."""
+    manager, step = _manager_for_step(step_dir)
+    with manager:
+        item = manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+    return TrainMeta.from_json(item[META_ITEM], Path(step_dir) / META_ITEM)
+
+
+@dataclass
+class TrainCheckpoint:
+    """What a run restores from a step: always the weights and the saved config; the optimizer state, loader
+    state and meta unless it is weights-only (asked for, or the step holds weights only)."""
+
+    step_dir: Path
+    params: dict[str, Any]
+    metadata: dict[str, Any]  # the config item: {"config": {...}, "tokenizer": identity or None}
+    opt_state: Any = None
+    data_state: dict[str, Any] | None = None
+    meta: TrainMeta | None = None
+
+    @property
+    def weights_only(self) -> bool:
+        return self.opt_state is None
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{"inner_state/0/mu/wte": shape} for the array leaves of `tree` (arrays, ShapeDtypeStructs or Orbax's
+    ArrayMetadata). Orbax's metadata turns namedtuples into dicts and tuples into lists; writing every key,
+    field and index as a plain path component makes a saved tree and a target tree comparable."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _check_fits(what: str, saved: dict, wanted: dict, step_dir: Path, hint: str) -> None:
+    """Raise CheckpointMismatchError naming the first tensor of `wanted` whose saved shape differs."""
+    for name, shape in wanted.items():
+        if name not in saved:
+            raise CheckpointMismatchError(
+                f"checkpoint {step_dir} has no {what} {name} (shape {list(shape)}) that the config needs; {hint}"
+            )
+        if saved[name] != shape:
+            raise CheckpointMismatchError(
+                f"checkpoint {step_dir} does not fit the config: {what} {name} has shape {list(saved[name])} "
+                f"in the checkpoint but {list(shape)} in the configured model; {hint}"
+            )
+    extra = [name for name in saved if name not in wanted]
+    if extra:
+        raise CheckpointMismatchError(
+            f"checkpoint {step_dir} has {what} {extra[0]} that the configured model lacks; {hint}"
+        )
+
+
+def _saved_tree(metadata: Any, item: str) -> Any:
+    item_metadata = metadata[item]
+    return item_metadata.tree if hasattr(item_metadata, "tree") else item_metadata
+
+
+def restore_train_checkpoint(
+    step_dir: Path, abstract_params: dict[str, Any], abstract_opt_state: Any = None
+) -> TrainCheckpoint:
+    """Restore a step onto the shardings of `abstract_params` (and `abstract_opt_state`), whatever mesh saved it.
+
+    Weights only when `abstract_opt_state` is None or the step holds weights only. Saved parameters are cast
+    to the dtypes asked for. Raises CheckpointMismatchError, naming the first tensor and both shapes, when
+    the step does not fit the targets, and CheckpointError (or the storage's own error) when it is damaged.
+    """
+    step_dir = Path(step_dir)
+    present = [item for item in TRAINING_ITEMS if (step_dir / item).is_dir()]
+    if present and len(present) < len(TRAINING_ITEMS):
+        missing = [item + "/" for item in TRAINING_ITEMS if item not in present]
+        raise CheckpointError(f"checkpoint step {step_dir} is incomplete: missing {', '.join(missing)}")
+    weights_only = abstract_opt_state is None or not present
+    manager, step = _manager_for_step(step_dir)
+    with manager:
+        metadata = manager.item_metadata(step)
+        if not _flat_shapes(_saved_tree(metadata, PARAMS_ITEM)):
+            raise CheckpointError(f"checkpoint step {step_dir} lists no parameters (its params/ metadata is damaged)")
+        model_hint = "train with the model settings the checkpoint was saved with (its config/ item)"
+        _check_fits(
+            "parameter",
+            _flat_shapes(_saved_tree(metadata, PARAMS_ITEM)),
+            _flat_shapes(abstract_params),
+            step_dir,
+            model_hint,
+        )
+        args = {PARAMS_ITEM: ocp.args.StandardRestore(abstract_params), CONFIG_ITEM: ocp.args.JsonRestore()}
+        if not weights_only:
+            _check_fits(
+                "optimizer state entry",
+                _flat_shapes(_saved_tree(metadata, OPT_STATE_ITEM)),
+                _flat_shapes(abstract_opt_state),
+                step_dir,
+                "the optimizer settings differ from the checkpoint's (load_weights_only=true starts a fresh one)",
+            )
+            args.update(
+                {
+                    OPT_STATE_ITEM: ocp.args.StandardRestore(abstract_opt_state),
+                    DATA_ITEM: ocp.args.JsonRestore(),
+                    META_ITEM: ocp.args.JsonRestore(),
+                }
+            )
+        restored = manager.restore(step, args=ocp.args.Composite(**args))
+    checkpoint = TrainCheckpoint(step_dir, restored[PARAMS_ITEM], _checked_metadata(restored[CONFIG_ITEM], step_dir))
+    if weights_only:
+        return checkpoint
+    meta = TrainMeta.from_json(restored[META_ITEM], step_dir / META_ITEM)
+    data_state = restored[DATA_ITEM]
+    if meta.step != step or not isinstance(data_state, dict) or data_state.get("step") != step:
+        raise CheckpointError(f"{step_dir}: its meta/ and data/ items do not both describe step {step}")
+    checkpoint.opt_state, checkpoint.data_state, checkpoint.meta = restored[OPT_STATE_ITEM], data_state, meta
+    return checkpoint
+
+
+# Errors that mean a bug rather than damaged storage: they propagate and never move a step aside. Damage
+# surfaces as many types (OSError for missing files, ValueError for undecodable JSON, KeyError or RuntimeError
+# from Orbax's metadata, and a bare Exception from TensorStore for truncated array chunks).
+_BUG_ERRORS = (TypeError, AttributeError, NameError, ImportError, AssertionError, CheckpointMismatchError)
+
+
+def restore_latest(
+    checkpoints_dir: Path, abstract_params: dict[str, Any], abstract_opt_state: Any
+) -> TrainCheckpoint | None:
+    """The newest step of `checkpoints_dir` that can be read (None when there is no step at all).
+
+    A step that cannot be read is moved aside as `<step>.corrupt-<unix time>` with a warning, and the one
+    before it is tried; a step that reads but does not fit the targets raises CheckpointMismatchError.
+    Orbax's unfinished saves (`<step>.orbax-checkpoint-tmp*`) are never considered.
+    """
+    checkpoints_dir = Path(checkpoints_dir)
+    steps = (
+        [p for p in checkpoints_dir.iterdir() if p.is_dir() and p.name.isdigit()] if checkpoints_dir.is_dir() else []
+    )
+    for step_dir in sorted(steps, key=lambda p: int(p.name), reverse=True):
+        try:
+            return restore_train_checkpoint(step_dir, abstract_params, abstract_opt_state)
+        except _BUG_ERRORS:
+            raise
+        except Exception as e:
+            moved = _move_aside(step_dir)
+            reason = " ".join(str(e).split())[:300]
+            log.warning(
+                "checkpoint %s cannot be read (%s: %s); moved it to %s and trying the previous step",
+                step_dir,
+                type(e).__name__,
+                reason,
+                moved.name,
+            )
+    if steps:
+        raise CheckpointError(
+            f"none of the {len(steps)} checkpoints under {checkpoints_dir} could be read (each was moved aside as "
+            "<step>.corrupt-*); rerun to start the run afresh, or set load_path"
+        )
+    return None
+
+
+def starting_checkpoint(
+    config: TrainConfig, run_dir: Path, abstract_params: dict[str, Any], abstract_opt_state: Any
+) -> TrainCheckpoint | None:
+    """Where a run starts: its own latest readable checkpoint; else `config.load_path` (the whole training
+    state, or its weights only with `load_weights_only` or when it holds nothing else); else None (fresh)."""
+    own = restore_latest(Path(run_dir) / CHECKPOINTS_DIR, abstract_params, abstract_opt_state)
+    if own is not None or not config.load_path:
+        return own
+    step_dir = resolve_checkpoint(config.load_path)
+    return restore_train_checkpoint(step_dir, abstract_params, None if config.load_weights_only else abstract_opt_state)
+
+
+def _move_aside(step_dir: Path) -> Path:
+    """Rename a damaged step so that neither Orbax nor a later resume takes it for a checkpoint (kept for
+    inspection, never deleted). Process 0 renames; the others wait for it."""
+    target = step_dir.with_name(f"{step_dir.name}.corrupt-{int(time.time())}")
+    if jax.process_index() == 0:
+        step_dir.rename(target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"olmo_jax:move_aside:{step_dir.name}")
+    return target
+
+
+class Checkpointer:
+    """Writes one run's training checkpoints asynchronously, on the config's schedule.
+
+    Keeps the last `save_num_checkpoints_to_keep` steps (all when <= 0) and every multiple of
+    `save_interval_permanent`. `save` blocks only while the arrays are copied to host memory (and while a
+    previous save is still being written); Orbax writes the files in a background thread and renames the
+    step into place when it is complete. Creating one deletes unfinished saves left by a killed process.
+    Every process calls every method: Orbax coordinates the hosts.
+    """
+
+    def __init__(self, run_dir: Path, config: TrainConfig, *, tokenizer_identity: str | None = None) -> None:
+        for key in ("save_interval", "save_interval_permanent"):
+            value = getattr(config, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{key} must be a positive number of steps or null, got {value}")
+        self.directory = Path(run_dir) / CHECKPOINTS_DIR
+        self._interval = config.save_interval
+        self._permanent = config.save_interval_permanent
+        self._metadata = {"config": to_dict(config), "tokenizer": tokenizer_identity}
+        keep = config.save_num_checkpoints_to_keep
+        policies: list[checkpoint_managers.PreservationPolicy] = [
+            checkpoint_managers.LatestN(keep if keep > 0 else None)
+        ]
+        if self._permanent:
+            policies.append(checkpoint_managers.EveryNSteps(self._permanent))
+        self._manager = checkpoint_manager(
+            self.directory,
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        )
+
+    def is_due(self, step: int) -> bool:
+        """Whether the schedule saves after `step` (every `save_interval`, and every `save_interval_permanent`)."""
+        return any(interval and step % interval == 0 for interval in (self._interval, self._permanent))
+
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def save(self, params: Any, opt_state: Any, *, data_state: dict[str, Any], meta: TrainMeta) -> float:
+        """Start writing step `meta.step`; returns the seconds the caller was blocked."""
+        started = time.perf_counter()
+        self._manager.save(
+            meta.step,
+            args=ocp.args.Composite(
+                **{
+                    PARAMS_ITEM: ocp.args.StandardSave(params),
+                    OPT_STATE_ITEM: ocp.args.StandardSave(opt_state),
+                    CONFIG_ITEM: ocp.args.JsonSave(self._metadata),
+                    DATA_ITEM: ocp.args.JsonSave(data_state),
+                    META_ITEM: ocp.args.JsonSave(meta.to_json()),
+                }
+            ),
+            force=True,
+        )
+        return time.perf_counter() - started
+
+    def wait_until_finished(self) -> None:
+        """Block until every started save is complete on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish the saves in progress and release Orbax's threads."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -8,10 +8,14 @@ donation of the old state. Gradient accumulation over micro-batches happens insi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import os
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +27,11 @@ import numpy as np
 import optax
 import yaml
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from olmo_jax import sharding
+from olmo_jax.checkpoint import CHECKPOINTS_DIR, Checkpointer, TrainCheckpoint, TrainMeta, starting_checkpoint
 from olmo_jax.config import ConfigError, TrainConfig, to_dict
 from olmo_jax.loss import loss_terms
 from olmo_jax.model import OLMo, flops_per_token
@@ -151,7 +157,7 @@ def train_step(
     n_micro = setup.micro_batches
 
     def loss(params, micro_tokens):
-        ce, z = loss_terms(setup.graphdef, params, micro_tokens, denominator)
+        ce, z = loss_terms(setup.graphdef, params, micro_tokens, denominator, chunk=config.loss_chunk_size)
         return ce + z_weight * z, (ce, z)
 
     grad_fn = jax.value_and_grad(loss, has_aux=True)
@@ -308,100 +314,267 @@ def write_config(config: TrainConfig, run_dir: Path) -> None:
     tmp.replace(run_dir / "config.yaml")
 
 
-def fit(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
-    """Train `config` to `max_duration`, logging to `run_dir`. Returns the last logged metrics."""
+class StopRequests:
+    """SIGTERM, SIGINT and the wall-clock `time_limit` (seconds from creation), as a request to stop after the
+    current step. Used as a context manager, which installs the signal handlers and restores the old ones.
+
+    The first signal is only remembered: the loop finishes its step, saves and returns. A second one of the
+    same kind acts as it would have without us (SIGINT raises KeyboardInterrupt, SIGTERM terminates). With
+    several processes every process stops at the same step: each step they agree whether any was asked to.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, time_limit: float | None) -> None:
+        if time_limit is not None and time_limit <= 0:
+            raise ConfigError(f"time_limit must be a positive number of seconds or null, got {time_limit}")
+        self._time_limit = time_limit
+        self._deadline = time.monotonic() + time_limit if time_limit else None
+        self._signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, previous in self._previous.items():
+            if previous is not None:  # None: a handler installed outside Python, which cannot be reinstated
+                signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        self._signal = signal.Signals(signum).name
+        previous = self._previous.get(signum)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+
+    def reason(self) -> str | None:
+        """Why the run should stop now (the same answer on every process), or None."""
+        timed_out = self._deadline is not None and time.monotonic() >= self._deadline
+        code = 2 if self._signal else int(timed_out)
+        if jax.process_count() > 1:
+            code = int(np.max(multihost_utils.process_allgather(np.int32(code))))
+        if code == 2:
+            return f"received {self._signal or 'a stop signal on another process'}"
+        return f"reached time_limit={self._time_limit:g} s" if code == 1 else None
+
+
+def _scalar(value: int, sharding_: NamedSharding) -> jax.Array:
+    """An int32 scalar placed with `sharding_` (every process passes the same value)."""
+    return jax.make_array_from_callback((), sharding_, lambda _: np.int32(value))
+
+
+def state_from_checkpoint(setup: TrainSetup, start: TrainCheckpoint) -> TrainState:
+    """The train state `start` holds, on `setup`'s mesh; a weights-only start gets a fresh optimizer at step 0."""
+    replicated = setup.state_shardings.step
+    if start.weights_only:
+        with jax.set_mesh(setup.mesh):
+            opt_state = jax.jit(setup.optimizer.init, out_shardings=setup.state_shardings.opt_state)(start.params)
+        return TrainState(_scalar(0, replicated), start.params, opt_state, _scalar(0, replicated))
+    meta = start.meta
+    return TrainState(
+        _scalar(meta.step, replicated), start.params, start.opt_state, _scalar(meta.nonfinite_steps, replicated)
+    )
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _describe_start(start: TrainCheckpoint | None, config: TrainConfig, run_dir: Path) -> str:
+    """One line (two with changed settings) saying where the run starts."""
+    if start is None:
+        return f"olmo_jax: starting from scratch (seed {config.seed})"
+    if start.weights_only:
+        why = "" if config.load_weights_only else " (it holds weights only)"
+        return f"olmo_jax: starting from the weights of {start.step_dir}{why}, with a fresh optimizer and data order"
+    own = start.step_dir.parent.resolve() == (run_dir / CHECKPOINTS_DIR).resolve()
+    verb = "resuming from" if own else "continuing the training state of"
+    line = f"olmo_jax: {verb} {start.step_dir} (step {start.meta.step}, {start.meta.tokens_seen:,} tokens seen)"
+    saved, current = _flat(start.metadata["config"]), _flat(to_dict(config))
+    bookkeeping = {"save_folder", "load_path", "load_weights_only"}  # differ whenever another run is continued
+    changed = [
+        f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k, v) != v and k not in bookkeeping
+    ]
+    if changed:
+        more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
+        line += "\nolmo_jax: settings changed since that checkpoint: " + "; ".join(changed[:8]) + more
+    return line
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for the torn last line a killed process can leave."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
+def _drop_metrics_after(run_dir: Path, step: int) -> None:
+    """Remove records of steps after `step` from metrics.jsonl: a resumed run redoes (and relogs) them."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
+    tmp = run_dir / f".metrics.jsonl.tmp{os.getpid()}"
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
+def fit(config: TrainConfig, run_dir: Path, *, devices: list[jax.Device] | None = None) -> dict[str, Any]:
+    """Train `config` to `max_duration` in `run_dir` on `devices` (default: all); returns the last logged metrics.
+
+    Resumes from the run directory's latest readable checkpoint; without one, starts from `load_path` (see
+    `starting_checkpoint`) or from scratch. Saves asynchronously every `save_interval` steps and at the end.
+    SIGTERM, SIGINT or `time_limit` ends the run early: after the current step it saves and returns normally.
+    """
+    # Handlers first, so that a signal during start-up stops the run after its first step; the time limit
+    # counts from here.
+    with StopRequests(config.time_limit) as stop_requests:
+        return _fit(config, run_dir, devices, stop_requests)
+
+
+def _fit(
+    config: TrainConfig, run_dir: Path, devices: list[jax.Device] | None, stop_requests: StopRequests
+) -> dict[str, Any]:
     from olmo_jax.data.loader import batch_size_for, build_train_loader
 
     is_writer = jax.process_index() == 0
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh, devices)
     setup = build(config, mesh)
     seq = sequence_length(config)
-    loader = build_train_loader(config, mesh)
-    steps = total_steps(config, loader.instances_per_epoch, lambda tokens: batch_size_for(config, tokens))
-    amount, unit = parse_duration(config.max_duration)
-    run_tokens = int(amount) if unit == "tokens" else steps * config.global_train_batch_size * seq
-    if is_writer:
-        write_config(config, run_dir)
-    state = init_state(setup, config.seed)
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    if is_writer:
-        print(
-            f"olmo_jax: {n_params:,} parameters | mesh {dict(mesh.shape)} | {steps} steps of "
-            f"{config.global_train_batch_size} x {seq} tokens | run dir {run_dir}",
-            flush=True,
-        )
+    abstract = abstract_state(setup)
+    start = starting_checkpoint(config, run_dir, abstract.params, abstract.opt_state)
+    with contextlib.ExitStack() as cleanup:  # closes, last opened first: writer, checkpointer (waits), loader
+        loader = build_train_loader(config, mesh, start_state=start.data_state if start is not None else None)
+        cleanup.callback(loader.close)
+        steps = total_steps(config, loader.instances_per_epoch, lambda tokens: batch_size_for(config, tokens))
+        amount, unit = parse_duration(config.max_duration)
+        run_tokens = int(amount) if unit == "tokens" else steps * config.global_train_batch_size * seq
+        tokenizer_identity = loader.tokenizer.identity if loader.tokenizer is not None else None
+        checkpointer = cleanup.enter_context(Checkpointer(run_dir, config, tokenizer_identity=tokenizer_identity))
+        state = init_state(setup, config.seed) if start is None else state_from_checkpoint(setup, start)
+        start_step, nonfinite_at_start = int(state.step), int(state.nonfinite_steps)
+        writer = None
+        if is_writer:
+            write_config(config, run_dir)
+            _drop_metrics_after(run_dir, start_step)
+            n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(abstract.params))
+            print(
+                f"olmo_jax: {n_params:,} parameters | mesh {dict(mesh.shape)} | {steps} steps of "
+                f"{config.global_train_batch_size} x {seq} tokens | run dir {run_dir}\n"
+                + _describe_start(start, config, run_dir),
+                flush=True,
+            )
+            if start_step >= steps:
+                print(f"olmo_jax: nothing to do: the run is at step {start_step} of {steps}", flush=True)
+            writer = MetricWriter(run_dir, wandb_run=_wandb_run(config, run_dir))
+            cleanup.callback(writer.close)
+        del start  # its arrays now live in `state`, which the first step donates
 
-    step_fns: dict[int, Any] = {}  # global batch size -> jitted step (batch-size warmup makes a few)
-    shards = sharding.batch_shards(mesh)
+        step_fns: dict[int, Any] = {}  # global batch size -> jitted step (batch-size warmup makes a few)
+        shards = sharding.batch_shards(mesh)
 
-    def step_fn_for(batch_size: int):
-        if batch_size not in step_fns:
-            sized = dataclasses.replace(setup, micro_batches=micro_batches(config, batch_size, shards))
-            step_fns[batch_size] = jit_train_step(sized)
-        return step_fns[batch_size]
+        def step_fn_for(batch_size: int):
+            if batch_size not in step_fns:
+                sized = dataclasses.replace(setup, micro_batches=micro_batches(config, batch_size, shards))
+                step_fns[batch_size] = jit_train_step(sized)
+            return step_fns[batch_size]
 
-    writer = MetricWriter(run_dir, wandb_run=_wandb_run(config, run_dir)) if is_writer else None
-    progress = Progress(steps, start_step=int(state.step))
-    fpt = flops_per_token(config.model, seq)
-    peak = config.peak_flops_per_device or peak_flops_per_device()
-    # XLA's CPU collectives can deadlock with several sharded steps in flight (jax-environment notes).
-    one_step_in_flight = jax.devices()[0].platform == "cpu"
-    tokens_seen = int(state.step) * config.global_train_batch_size * seq
-    last_log_time, last_log_tokens = time.perf_counter(), tokens_seen
-    last_metrics: dict[str, Any] = {}
-    with jax.set_mesh(mesh):
-        for step in range(int(state.step), steps):
-            batch = next(loader)
-            batch_size = batch.input_ids.shape[0]
-            tokens_seen += batch_size * seq
-            update = step + 1  # OLMo's schedules are evaluated at the 1-based update number
-            lr = learning_rate(update, tokens_seen, config.optimizer.learning_rate, config.scheduler, steps, run_tokens)
-            clip = grad_clip_limit(update, config.max_grad_norm, config.scheduler)
-            state, metrics = step_fn_for(batch_size)(state, batch.input_ids, lr, clip if clip is not None else 0.0)
-            if one_step_in_flight:
-                jax.block_until_ready(metrics)
-            is_last = update == steps
-            if update % config.log_interval and not is_last:
-                continue
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            tokens_per_second = (tokens_seen - last_log_tokens) / (now - last_log_time)
-            last_log_time, last_log_tokens = now, tokens_seen
-            nonfinite = int(state.nonfinite_steps)
-            last_metrics = {
-                "loss": host["loss"],
-                "ce_loss": host["ce_loss"],
-                "z_loss": host["z_loss"],
-                "grad_norm": host["grad_norm"],
-                "lr": lr,
-                "tokens_per_second": tokens_per_second,
-                "tokens_per_second_per_device": tokens_per_second / jax.device_count(),
-                "mfu": mfu(tokens_per_second / jax.device_count(), fpt, peak),
-                "tokens_seen": tokens_seen,
-                "batch_size": batch_size,
-                "nonfinite_steps": nonfinite,
-                "batch_fingerprint": batch.fingerprint,
-            }
-            if is_writer:
-                writer.write(update, last_metrics)
-                progress.print(update, last_metrics)
-            _check_nonfinite(config, update, nonfinite, host)
-    if writer is not None:
-        writer.close()
+        progress = Progress(steps, start_step=start_step)
+        fpt = flops_per_token(config.model, seq)
+        peak = config.peak_flops_per_device or peak_flops_per_device()
+        # XLA's CPU collectives can deadlock with several sharded steps in flight (jax-environment notes).
+        one_step_in_flight = jax.devices()[0].platform == "cpu"
+        # With batch-size warmup, steps have had different sizes: the loader knows how many instances went by.
+        tokens_seen = int(loader.state()["instances_consumed"]) * seq
+        last_log_time, last_log_tokens = time.perf_counter(), tokens_seen
+        last_metrics: dict[str, Any] = {}
+        with jax.set_mesh(mesh):
+            for step in range(start_step, steps):
+                batch = next(loader)
+                batch_size = batch.input_ids.shape[0]
+                tokens_seen += batch_size * seq
+                update = step + 1  # OLMo's schedules are evaluated at the 1-based update number
+                lr = learning_rate(
+                    update, tokens_seen, config.optimizer.learning_rate, config.scheduler, steps, run_tokens
+                )
+                clip = grad_clip_limit(update, config.max_grad_norm, config.scheduler)
+                state, metrics = step_fn_for(batch_size)(state, batch.input_ids, lr, clip if clip is not None else 0.0)
+                if one_step_in_flight:
+                    jax.block_until_ready(metrics)
+                stop = stop_requests.reason()
+                is_last = update == steps
+                save_now = is_last or stop is not None or checkpointer.is_due(update)
+                log_now = is_last or stop is not None or update % config.log_interval == 0
+                if not (one_step_in_flight or save_now or log_now):
+                    continue  # on accelerators, reading metrics would wait for the step: only when needed
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                nonfinite = int(state.nonfinite_steps)
+                if log_now:
+                    now = time.perf_counter()
+                    tokens_per_second = (tokens_seen - last_log_tokens) / (now - last_log_time)
+                    last_log_time, last_log_tokens = now, tokens_seen
+                    last_metrics = {
+                        "loss": host["loss"],
+                        "ce_loss": host["ce_loss"],
+                        "z_loss": host["z_loss"],
+                        "grad_norm": host["grad_norm"],
+                        "lr": lr,
+                        "tokens_per_second": tokens_per_second,
+                        "tokens_per_second_per_device": tokens_per_second / jax.device_count(),
+                        "mfu": mfu(tokens_per_second / jax.device_count(), fpt, peak),
+                        "tokens_seen": tokens_seen,
+                        "batch_size": batch_size,
+                        "nonfinite_steps": nonfinite,
+                        "batch_fingerprint": batch.fingerprint,
+                    }
+                    if is_writer:
+                        writer.write(update, last_metrics)
+                        progress.print(update, last_metrics)
+                # Before any save: a run that must stop on a non-finite step never checkpoints after it.
+                _check_nonfinite(config, update, nonfinite, nonfinite_at_start, host)
+                if save_now:
+                    meta = TrainMeta(update, nonfinite, tokens_seen, config.seed)
+                    blocked = checkpointer.save(state.params, state.opt_state, data_state=loader.state(), meta=meta)
+                    if is_writer:
+                        print(f"checkpoint {checkpointer.step_dir(update)} started (training blocked {blocked:.2f} s)")
+                if stop is not None:
+                    checkpointer.wait_until_finished()
+                    if is_writer:
+                        print(
+                            f"olmo_jax: {stop}: stopped after step {update} and saved {checkpointer.step_dir(update)}; "
+                            "run the same command to resume",
+                            flush=True,
+                        )
+                    break
     return last_metrics
 
 
-def _check_nonfinite(config: TrainConfig, step: int, nonfinite: int, metrics: dict[str, float]) -> None:
-    if nonfinite == 0:
-        return
-    if config.nonfinite_policy == "stop":
+def _check_nonfinite(
+    config: TrainConfig, step: int, nonfinite: int, nonfinite_at_start: int, metrics: dict[str, float]
+) -> None:
+    """Apply `nonfinite_policy` given the count of skipped steps so far (`metrics` are step `step`'s)."""
+    if config.nonfinite_policy == "stop" and nonfinite > nonfinite_at_start:
+        where = f"in a step up to step {step}" if metrics["finite"] else f"at step {step}"
         raise NonFiniteLossError(
-            f"non-finite loss or gradient at step {step} (loss={metrics['loss']}, grad_norm={metrics['grad_norm']}); "
-            "parameters were left unchanged. Set nonfinite_policy=skip to skip such steps."
+            f"non-finite loss or gradient {where} (loss={metrics['loss']}, grad_norm={metrics['grad_norm']}); "
+            "parameters were left unchanged and no checkpoint was written after it. "
+            "Set nonfinite_policy=skip to skip such steps."
         )
     if nonfinite > config.max_nonfinite_steps:
         raise NonFiniteLossError(
-            f"{nonfinite} steps had a non-finite loss or gradient (max_nonfinite_steps={config.max_nonfinite_steps})"
+            f"{nonfinite} steps had a non-finite loss or gradient (max_nonfinite_steps={config.max_nonfinite_steps}); "
+            "parameters were left unchanged by each of them"
         )
 
 
