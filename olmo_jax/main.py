@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jax
 
-from olmo_jax import distributed
+from olmo_jax import distributed, sharding, train
 from olmo_jax.config import ConfigError, TrainConfig, load_config, preset_names, split_config_args
 
 USAGE = __doc__
@@ -128,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-        from olmo_jax import sharding, train
-
         if args.dry_run:
             report = train.dry_run(config, sharding.make_mesh(config.mesh))
             if is_writer:
@@ -140,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return distributed.exit_after_failure(2)
+    except train.NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return distributed.exit_after_failure(1)
     except Exception:
         if not jax.distributed.is_initialized():
             raise
