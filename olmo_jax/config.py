@@ -199,6 +199,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     softmax_auxiliary_loss: bool = False  # z-loss
     auxiliary_loss_multiplier: float = 1e-4
+    # Cross-entropy over this many positions at a time, never holding fp32 [B, T, V] logits (None: all at once).
+    loss_chunk_size: int | None = None
     save_folder: str | None = None  # the run directory; --workdir sets it
     save_interval: int | None = 1000
     save_num_checkpoints_to_keep: int = 2

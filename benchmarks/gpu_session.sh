@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# One GPU session, in one go: the JAX train-step benchmark for OLMo-1B (sequence 2048) in three lever
+# settings, the PyTorch baseline on the same shapes and card, the OLMo-7B layer shape with 4 layers,
+# and (time permitting) the chunked cross-entropy. Prints a table; writes to $OUT (or ./bench_out):
+#   results.jsonl  one olmo_jax.bench record per run ({"label", "error"} for a run that failed)
+#   table.md       the table and the JAX / PyTorch throughput ratios
+#   log.txt        everything the runs printed
+#
+#   benchmarks/gpu_session.sh            run it (about 7 minutes on one H100)
+#   benchmarks/gpu_session.sh --print    print the commands it would run, run nothing
+#
+# Environment: PYTHON (default python3), STEPS (timed steps, 15), WARMUP (warm-up steps, 3),
+# RUN_TIMEOUT (seconds per JAX run, 150; a PyTorch run, which compiles longer, gets 1.6 times that),
+# BUDGET (seconds after which no new run starts, 400).
+# Wheels in .whl/ at the repository root (e.g. a flax newer than the machine's) are installed first.
+# A run that fails (out of memory, say) is retried once with half the micro-batch.
+set -euo pipefail
+
+usage() { # the comment block at the top of this file
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
+
+mode=run
+case "${1:-}" in
+    "") ;;
+    --print) mode=print ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        echo "error: unknown argument '$1' (expected --print or --help)" >&2
+        exit 2
+        ;;
+esac
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out=${OUT:-$repo/bench_out}
+python=${PYTHON:-python3}
+steps=${STEPS:-15}
+warmup=${WARMUP:-3}
+run_timeout=${RUN_TIMEOUT:-150}
+budget=${BUDGET:-400}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+
+# The runs, in order of importance: label, framework, micro-batch per device, then the config flags.
+ONE_B=(--config=1b --config.data.sequence_length=2048)
+runs=(
+    "1b-cudnn-savedots-scan|jax|8|${ONE_B[*]} --config.model.attention_impl=cudnn --config.model.remat=save_dots --config.model.scan_layers=true"
+    "1b-torch-sdpa-compile|torch|8|${ONE_B[*]}"
+    "1b-cudnn-noremat-scan|jax|8|${ONE_B[*]} --config.model.attention_impl=cudnn --config.model.remat=none --config.model.scan_layers=true"
+    "1b-xla-savedots-scan|jax|8|${ONE_B[*]} --config.model.attention_impl=xla --config.model.remat=save_dots --config.model.scan_layers=true"
+    "7b-shape-4-layers|jax|4|--config=7b --config.model.n_layers=4 --config.model.attention_impl=cudnn --config.model.remat=save_dots"
+    "1b-cudnn-savedots-chunked-ce|jax|8|${ONE_B[*]} --config.model.attention_impl=cudnn --config.model.remat=save_dots --config.loss_chunk_size=512"
+)
+
+command_for() { # framework micro-batch label config-flags... -> the command, one word per line
+    local framework=$1 micro=$2 label=$3
+    shift 3
+    if [[ $framework == jax ]]; then
+        printf '%s\n' "$python" -m olmo_jax.bench
+    else
+        printf '%s\n' "$python" "$repo/benchmarks/torch_baseline.py"
+    fi
+    printf '%s\n' "$@" "--config.device_train_microbatch_size=$micro" "--steps=$steps" "--warmup_steps=$warmup" \
+        "--label=$label" "--output=$work/$label.json"
+}
+
+record_failure() { # label message: a record that the table shows in place of a result
+    printf '{"label": "%s", "error": "%s"}\n' "$1" "$2" >>"$out/results.jsonl"
+}
+
+run_one() { # label framework micro-batch config-flags (one string)
+    local label=$1 framework=$2 micro=$3 flags=$4 status=0 limit=$run_timeout
+    local -a config_flags cmd
+    if [[ $framework == torch ]]; then
+        limit=$((run_timeout * 8 / 5))
+    fi
+    read -r -a config_flags <<<"$flags"
+    mapfile -t cmd < <(command_for "$framework" "$micro" "$label" "${config_flags[@]}")
+    if [[ $mode == print ]]; then
+        printf '%q ' timeout "$limit" "${cmd[@]}"
+        printf '\n'
+        return 0
+    fi
+    if ((SECONDS > budget)); then
+        echo "== $label: skipped, the time budget of ${budget} s is spent" | tee -a "$out/log.txt"
+        record_failure "$label" "skipped: the time budget was spent"
+        return 0
+    fi
+    echo "== $label (${SECONDS} s into the session): ${cmd[*]}" | tee -a "$out/log.txt"
+    timeout --kill-after=10 "$limit" "${cmd[@]}" >"$work/$label.log" 2>&1 || status=$?
+    cat "$work/$label.log" >>"$out/log.txt"
+    if ((status == 0)); then
+        cat "$work/$label.json" >>"$out/results.jsonl"
+        tail -n 3 "$work/$label.log" # the run's summary
+    elif ((status != 124 && micro > 1)); then
+        echo "== $label failed (exit $status); retrying with micro-batch $((micro / 2))" | tee -a "$out/log.txt"
+        run_one "$label-mb$((micro / 2))" "$framework" "$((micro / 2))" "$flags"
+        record_failure "$label" "failed: exit $status at micro-batch $micro (see log.txt)"
+    else
+        echo "== $label failed (exit $status)" | tee -a "$out/log.txt"
+        record_failure "$label" "failed: exit $status (see log.txt; 124 is the ${limit} s timeout)"
+    fi
+}
+
+if [[ $mode == run ]]; then
+    mkdir -p "$out"
+    : >"$out/results.jsonl"
+    : >"$out/log.txt"
+    if compgen -G "$repo/.whl/*.whl" >/dev/null; then
+        echo "== installing carried wheels: $(cd "$repo/.whl" && echo ./*.whl)" | tee -a "$out/log.txt"
+        "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$work/site" "$repo"/.whl/*.whl >>"$out/log.txt" 2>&1
+        export PYTHONPATH="$repo:$work/site${PYTHONPATH#"$repo"}"
+    fi
+    {
+        nvidia-smi -L || true
+        "$python" -c 'import jax, flax, optax, torch, transformers
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__,
+      "torch", torch.__version__, "transformers", transformers.__version__)
+print("jax devices:", jax.devices())'
+    } 2>&1 | tee -a "$out/log.txt"
+fi
+
+for entry in "${runs[@]}"; do
+    IFS='|' read -r label framework micro flags <<<"$entry"
+    run_one "$label" "$framework" "$micro" "$flags"
+done
+
+if [[ $mode == run ]]; then
+    echo
+    "$python" -m olmo_jax.bench --table "$out/results.jsonl" | tee "$out/table.md"
+    echo "(${SECONDS} s; records in $out/results.jsonl, output in $out/log.txt)"
+fi
