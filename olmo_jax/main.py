@@ -19,6 +19,7 @@ import jax
 
 from olmo_jax import distributed, sharding, train
 from olmo_jax.config import ConfigError, TrainConfig, load_config, preset_names, split_config_args
+from olmo_jax.runtime import configure_xla
 
 USAGE = __doc__
 
@@ -109,6 +110,7 @@ def process_layout(args: argparse.Namespace, config: TrainConfig) -> distributed
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, config_name, overrides = parse_args(argv)
+    configure_xla()  # before JAX's backend starts: XLA reads its flags once
     try:
         config = load_config(config_name, overrides)
         if args.workdir is not None:
