@@ -339,6 +339,17 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a.b": v} from {"a": {"b": v}}: dotted keys, as `--config.a.b=v` names them (empty dicts stay leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def apply_override(config: Any, dotted_key: str, raw_value: Any) -> None:
     """Set `config.<dotted_key>` in place, coercing `raw_value` (a string from the command line, or YAML)."""
     parts = dotted_key.split(".")

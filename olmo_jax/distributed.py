@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 import jax
 import numpy as np
 
-from olmo_jax.config import ConfigError, TrainConfig, to_dict
+from olmo_jax.config import ConfigError, TrainConfig, flatten, to_dict
 
 # `auto` looks for SLURM and Open MPI; `none` ignores the environment; the rest are JAX's detection methods.
 CLUSTERS = ("auto", "none", "slurm", "ompi", "mpi4py", "k8s", "gcetpu", "gketpu")
@@ -252,19 +252,9 @@ def config_hash(config: TrainConfig) -> str:
     return hashlib.sha256(_canonical(comparable_config(config))).hexdigest()
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def config_differences(mine: dict[str, Any], reference: dict[str, Any]) -> list[str]:
     """'key: <mine> here, <reference> on process 0' for every dotted key whose value differs."""
-    a, b = _flatten(mine), _flatten(reference)
+    a, b = flatten(mine), flatten(reference)
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return [f"{k}: {a.get(k)!r} here, {b.get(k)!r} on process 0" for k in keys]
 

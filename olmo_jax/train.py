@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from olmo_jax import sharding
 from olmo_jax.checkpoint import CHECKPOINTS_DIR, Checkpointer, TrainCheckpoint, TrainMeta, starting_checkpoint
-from olmo_jax.config import ConfigError, TrainConfig, to_dict
+from olmo_jax.config import ConfigError, TrainConfig, flatten, to_dict
 from olmo_jax.loss import loss_terms
 from olmo_jax.model import OLMo, flops_per_token
 from olmo_jax.monitor import MetricWriter, Progress, mfu, peak_flops_per_device
@@ -380,16 +380,6 @@ def state_from_checkpoint(setup: TrainSetup, start: TrainCheckpoint) -> TrainSta
     )
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def _describe_start(start: TrainCheckpoint | None, config: TrainConfig, run_dir: Path) -> str:
     """One line (two with changed settings) saying where the run starts."""
     if start is None:
@@ -400,7 +390,7 @@ def _describe_start(start: TrainCheckpoint | None, config: TrainConfig, run_dir:
     own = start.step_dir.parent.resolve() == (run_dir / CHECKPOINTS_DIR).resolve()
     verb = "resuming from" if own else "continuing the training state of"
     line = f"olmo_jax: {verb} {start.step_dir} (step {start.meta.step}, {start.meta.tokens_seen:,} tokens seen)"
-    saved, current = _flat(start.metadata["config"]), _flat(to_dict(config))
+    saved, current = flatten(start.metadata["config"]), flatten(to_dict(config))
     bookkeeping = {"save_folder", "load_path", "load_weights_only"}  # differ whenever another run is continued
     changed = [
         f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k, v) != v and k not in bookkeeping
