@@ -1,0 +1,144 @@
+"""One evaluation (downstream tasks + perplexity sets), prepared once and run on any weights.
+
+`Evaluator` loads, templates and tokenizes everything up front; `run(model)` only scores, so the trainer's
+in-loop evaluation (`evaluate_in_loop`) pays the preparation and compilation once per run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jax.sharding import Mesh
+
+from olmo_jax.config import EvalConfig
+from olmo_jax.eval.downstream import PreparedTask, TaskResult, Tokenizer, prepare_task, score_task
+from olmo_jax.eval.perplexity import PreparedTextSet, find_text_sets, prepare_text_set, score_text_sets
+from olmo_jax.eval.scoring import RateReporter, Scorer
+from olmo_jax.eval.sources import load_rows
+from olmo_jax.eval.tasks import Task, resolve_tasks
+from olmo_jax.model import OLMo
+
+
+@dataclass
+class EvalResults:
+    """What `Evaluator.run` measured."""
+
+    tasks: list[TaskResult] = field(default_factory=list)
+    perplexity: dict[str, Any] | None = None  # {source: {bits_per_byte, perplexity, domains: {...}}}
+    seconds: float = 0.0
+
+    def flat_metrics(self, prefix: str = "eval") -> dict[str, float]:
+        """`eval/<task>/<metric>` for every task metric, `eval/ppl/<source>/<metric>` for every source."""
+        out = {}
+        for result in self.tasks:
+            for name, value in result.metrics.items():
+                out[f"{prefix}/{result.task}/{name}"] = value
+        for source, values in (self.perplexity or {}).items():
+            for name in ("bits_per_byte", "perplexity"):
+                out[f"{prefix}/ppl/{source}/{name}"] = values[name]
+        return out
+
+
+class Evaluator:
+    """Downstream tasks and perplexity sets, tokenized for a model of length `max_length`.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        tasks: tasks to run (see `olmo_jax.eval.tasks`).
+        max_length: the model length (inputs are truncated from the left to it).
+        data_dir: local copies of the task data (see `olmo_jax.eval.sources`); None: the HF hub.
+        limit: at most this many questions per task and documents per perplexity domain.
+        ppl_paths: Paloma-layout folders or JSON-lines files (see `olmo_jax.eval.perplexity`).
+        ppl_split: the split folder read under a Paloma root.
+        save_requests: keep each request's log-likelihood in the task results.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        tasks: Sequence[Task],
+        max_length: int,
+        data_dir: str | Path | None = None,
+        limit: int | None = None,
+        ppl_paths: Sequence[str | Path] = (),
+        ppl_split: str = "val",
+        save_requests: bool = False,
+    ):
+        if limit is not None and limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        self.max_length = max_length
+        self.save_requests = save_requests
+        self.pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
+        self.tasks: list[PreparedTask] = [
+            prepare_task(task, load_rows(task, data_dir, limit), tokenizer) for task in tasks
+        ]
+        self.text_sets: list[PreparedTextSet] = [
+            prepare_text_set(text_set, tokenizer, max_length, limit)
+            for path in ppl_paths
+            for text_set in find_text_sets(path, ppl_split)
+        ]
+        self.scorer: Scorer | None = None  # kept between runs: its compiled programs are reused
+
+    def _scorer_for(self, model: OLMo, batch_size: int, mesh: Mesh | None) -> Scorer:
+        """The kept scorer, pointed at `model`'s current weights (rebuilt if batch size or mesh change)."""
+        scorer = self.scorer
+        if scorer is None or scorer.mesh is not mesh or scorer.requested_batch_size != batch_size:
+            scorer = self.scorer = Scorer(model, self.max_length, batch_size, mesh, self.pad_token_id)
+        else:
+            scorer.set_model(model)
+        return scorer
+
+    def run(
+        self,
+        model: OLMo,
+        batch_size: int,
+        mesh: Mesh | None = None,
+        printer: Callable[[str], None] | None = None,
+    ) -> EvalResults:
+        """Score every task and text set with `model`; `printer` receives progress lines."""
+        started = time.perf_counter()
+        scorer = self._scorer_for(model, batch_size, mesh)
+        results = EvalResults()
+        for prepared in self.tasks:
+            progress = RateReporter(prepared.task.name, printer) if printer else None
+            results.tasks.append(score_task(prepared, scorer, self.save_requests, progress))
+        if self.text_sets:
+            progress = RateReporter("perplexity", printer) if printer else None
+            results.perplexity = score_text_sets(self.text_sets, scorer, progress)
+        results.seconds = time.perf_counter() - started
+        return results
+
+
+# The trainer's evaluator, kept between calls: (key, tokenizer, evaluator).
+_IN_LOOP: dict[str, Any] = {}
+
+
+def evaluate_in_loop(
+    model: OLMo, tokenizer: Tokenizer, eval_config: EvalConfig, mesh: Mesh | None = None
+) -> dict[str, float]:
+    """Run `eval_config`'s tasks and perplexity sets on `model`; flat metric names for the logger.
+
+    Data are loaded and tokenized on the first call only, and the compiled scorer is reused, so later
+    calls (every `eval_interval` steps) cost only the forward passes. With `mesh`, rows are sharded over
+    its (data, fsdp) axes; `model`'s parameters may already be sharded on it.
+    """
+    key = repr((eval_config, model.config.max_sequence_length))
+    if _IN_LOOP.get("key") != key or _IN_LOOP.get("tokenizer") is not tokenizer:
+        _IN_LOOP.clear()
+        _IN_LOOP.update(
+            key=key,
+            tokenizer=tokenizer,
+            evaluator=Evaluator(
+                tokenizer,
+                resolve_tasks(eval_config.tasks),
+                model.config.max_sequence_length,
+                data_dir=eval_config.data_dir,
+                limit=eval_config.limit,
+                ppl_paths=eval_config.ppl_paths,
+            ),
+        )
+    return _IN_LOOP["evaluator"].run(model, eval_config.batch_size, mesh).flat_metrics()
