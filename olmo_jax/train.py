@@ -437,6 +437,7 @@ def _fit(
     config: TrainConfig, run_dir: Path, devices: list[jax.Device] | None, stop_requests: StopRequests
 ) -> dict[str, Any]:
     from olmo_jax.data.loader import batch_size_for, build_train_loader
+    from olmo_jax.eval import evaluate_in_loop
 
     is_writer = jax.process_index() == 0
     mesh = sharding.make_mesh(config.mesh, devices)
@@ -480,6 +481,7 @@ def _fit(
                 step_fns[batch_size] = jit_train_step(sized)
             return step_fns[batch_size]
 
+        evaluate_every = _in_loop_eval_interval(config, loader.tokenizer)
         progress = Progress(steps, start_step=start_step)
         fpt = flops_per_token(config.model, seq)
         peak = config.peak_flops_per_device or peak_flops_per_device()
@@ -533,6 +535,13 @@ def _fit(
                         progress.print(update, last_metrics)
                 # Before any save: a run that must stop on a non-finite step never checkpoints after it.
                 _check_nonfinite(config, update, nonfinite, nonfinite_at_start, host)
+                if evaluate_every and (update % evaluate_every == 0 or is_last):
+                    # Every process takes part (the scoring batches are sharded); process 0 logs.
+                    model = nnx.merge(setup.graphdef, state.params)
+                    eval_metrics = evaluate_in_loop(model, loader.tokenizer, config.evaluation, mesh=mesh)
+                    if is_writer:
+                        writer.write(update, eval_metrics)
+                        print(_eval_line(update, eval_metrics), flush=True)
                 if save_now:
                     meta = TrainMeta(update, nonfinite, tokens_seen, config.seed)
                     blocked = checkpointer.save(state.params, state.opt_state, data_state=loader.state(), meta=meta)
@@ -548,6 +557,22 @@ def _fit(
                         )
                     break
     return last_metrics
+
+
+def _in_loop_eval_interval(config: TrainConfig, tokenizer) -> int | None:
+    """`eval_interval` when there is something to evaluate, else None; checks the run can evaluate."""
+    if not config.eval_interval or not (config.evaluation.tasks or config.evaluation.ppl_paths):
+        return None
+    if tokenizer is None:
+        raise ConfigError("in-loop evaluation needs a tokenizer: set tokenizer.identifier")
+    return config.eval_interval
+
+
+def _eval_line(step: int, metrics: dict[str, float]) -> str:
+    """The primary metrics of an in-loop evaluation, on one line."""
+    headline = ("/primary", "/bits_per_byte")
+    shown = [f"{k.removeprefix('eval/')} {v:.4f}" for k, v in metrics.items() if k.endswith(headline)]
+    return f"eval at step {step}: " + (" | ".join(shown) if shown else f"{len(metrics)} metrics logged")
 
 
 def _check_nonfinite(

@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 def test_in_loop_metrics_are_flat_and_cover_every_task_metric_and_source(setup):
     tokenizer, model, eval_config = setup
     metrics = evaluator.evaluate_in_loop(model, tokenizer, eval_config)
-    expected = {f"eval/{task}/{m}" for task in ("copa", "boolq") for m in METRICS}
+    expected = {f"eval/{task}/{m}" for task in ("copa", "boolq") for m in (*METRICS, "primary")}
     expected |= {"eval/ppl/ppl/bits_per_byte", "eval/ppl/ppl/perplexity"}
     assert set(metrics) == expected
     assert all(isinstance(v, float) for v in metrics.values())
@@ -103,3 +103,38 @@ def test_scoring_sharded_on_a_data_fsdp_mesh_gives_the_same_metrics(tmp_path):
     assert result["plain"].keys() == result["sharded"].keys()
     for name, value in result["plain"].items():
         assert result["sharded"][name] == pytest.approx(value, rel=1e-5), name
+
+
+@pytest.mark.slow
+def test_the_trainer_logs_in_loop_metrics_every_eval_interval(tmp_path):
+    eval_config = write_eval_data(tmp_path)
+    args = [
+        "--config=tiny",
+        "--config.data.sequence_length=32",
+        "--config.global_train_batch_size=8",
+        "--config.max_duration=4",
+        "--config.eval_interval=2",
+        f"--config.evaluation.tasks={json.dumps(eval_config.tasks)}",
+        f"--config.evaluation.ppl_paths={json.dumps(eval_config.ppl_paths)}",
+        f"--config.evaluation.data_dir={eval_config.data_dir}",
+        "--config.evaluation.limit=5",
+        "--config.evaluation.batch_size=4",
+        "--workdir=run",
+    ]
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "olmo_jax.main", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r for r in records if "eval/copa/acc" in r]
+    assert [r["step"] for r in evaluated] == [2, 4]
+    for record in evaluated:
+        assert 0.0 <= record["eval/boolq/primary"] <= 1.0
+        assert record["eval/ppl/ppl/bits_per_byte"] > 0
+    assert "eval at step 2: copa/primary" in result.stdout

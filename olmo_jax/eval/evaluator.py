@@ -32,11 +32,13 @@ class EvalResults:
     seconds: float = 0.0
 
     def flat_metrics(self, prefix: str = "eval") -> dict[str, float]:
-        """`eval/<task>/<metric>` for every task metric, `eval/ppl/<source>/<metric>` for every source."""
+        """`eval/<task>/<metric>` for every task metric (and `eval/<task>/primary`, the paper's choice),
+        `eval/ppl/<source>/<metric>` for every perplexity source."""
         out = {}
         for result in self.tasks:
             for name, value in result.metrics.items():
                 out[f"{prefix}/{result.task}/{name}"] = value
+            out[f"{prefix}/{result.task}/primary"] = result.primary
         for source, values in (self.perplexity or {}).items():
             for name in ("bits_per_byte", "perplexity"):
                 out[f"{prefix}/ppl/{source}/{name}"] = values[name]
