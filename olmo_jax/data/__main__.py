@@ -27,13 +27,17 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--output", "-o", required=True, help="output folder for part-NNNNN.npy and manifest.json")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: all cores)")
     p.add_argument(
+        "--max_tokens_per_file",
         "--max-tokens-per-file",
         type=int,
         default=500_000_000,
         help="start a new part file beyond this many tokens; documents are never split (default: 500M)",
     )
-    p.add_argument("--text-field", default="text", help="JSON field holding a document's text (default: text)")
     p.add_argument(
+        "--text_field", "--text-field", default="text", help="JSON field holding a document's text (default: text)"
+    )
+    p.add_argument(
+        "--text_unit",
         "--text-unit",
         choices=("file", "paragraph", "line"),
         default="file",
@@ -54,13 +58,29 @@ def _train_tokenizer_parser(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", help="input files, folders or globs (JSON lines or plain text)")
     p.add_argument("--output", "-o", required=True, help="path of the .model file to write")
-    p.add_argument("--vocab-size", type=int, default=8000, help="number of pieces (default: 8000)")
-    p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe", help="SentencePiece algorithm")
-    p.add_argument("--character-coverage", type=float, default=0.9995, help="share of characters given own pieces")
-    p.add_argument("--sample-every", type=int, default=1, help="train on every k-th non-empty line (default: 1)")
-    p.add_argument("--text-field", default="text", help="JSON field holding a document's text (default: text)")
+    p.add_argument("--vocab_size", "--vocab-size", type=int, default=8000, help="number of pieces (default: 8000)")
     p.add_argument(
-        "--text-unit", choices=("file", "paragraph", "line"), default="file", help="plain-text document unit"
+        "--model_type", "--model-type", choices=("bpe", "unigram"), default="bpe", help="SentencePiece algorithm"
+    )
+    p.add_argument(
+        "--character_coverage",
+        "--character-coverage",
+        type=float,
+        default=0.9995,
+        help="share of characters given own pieces",
+    )
+    p.add_argument(
+        "--sample_every", "--sample-every", type=int, default=1, help="train on every k-th non-empty line (default: 1)"
+    )
+    p.add_argument(
+        "--text_field", "--text-field", default="text", help="JSON field holding a document's text (default: text)"
+    )
+    p.add_argument(
+        "--text_unit",
+        "--text-unit",
+        choices=("file", "paragraph", "line"),
+        default="file",
+        help="plain-text document unit",
     )
 
 
