@@ -489,7 +489,7 @@ def _fit(
         one_step_in_flight = jax.devices()[0].platform == "cpu"
         # With batch-size warmup, steps have had different sizes: the loader knows how many instances went by.
         tokens_seen = int(loader.state()["instances_consumed"]) * seq
-        last_log_time, last_log_tokens = time.perf_counter(), tokens_seen
+        last_log_time, last_log_tokens, last_log_step = time.perf_counter(), tokens_seen, start_step
         last_metrics: dict[str, Any] = {}
         with jax.set_mesh(mesh):
             for step in range(start_step, steps):
@@ -515,7 +515,8 @@ def _fit(
                 if log_now:
                     now = time.perf_counter()
                     tokens_per_second = (tokens_seen - last_log_tokens) / (now - last_log_time)
-                    last_log_time, last_log_tokens = now, tokens_seen
+                    step_time = (now - last_log_time) / (update - last_log_step)
+                    last_log_time, last_log_tokens, last_log_step = now, tokens_seen, update
                     last_metrics = {
                         "loss": host["loss"],
                         "ce_loss": host["ce_loss"],
@@ -523,6 +524,7 @@ def _fit(
                         "grad_norm": host["grad_norm"],
                         "lr": lr,
                         "tokens_per_second": tokens_per_second,
+                        "step_time": step_time,  # seconds per step since the previous log line
                         "tokens_per_second_per_device": tokens_per_second / jax.device_count(),
                         "mfu": mfu(tokens_per_second / jax.device_count(), fpt, peak),
                         "tokens_seen": tokens_seen,

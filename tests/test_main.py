@@ -41,7 +41,7 @@ def test_embedded_default_run_learns(demo_run):
     assert [r["step"] for r in records] == list(range(1, 21))
     # The bar: the loss falls by at least one nat (it starts near ln(8064) ~ 9).
     assert records[-1]["loss"] < records[0]["loss"] - 1.0
-    for key in ("step", "loss", "lr", "grad_norm", "tokens_per_second", "mfu"):
+    for key in ("step", "loss", "z_loss", "lr", "grad_norm", "tokens_per_second", "mfu", "step_time"):
         assert key in records[-1]
     assert "step 20/20" in result.stdout and "ETA" in result.stdout
 
