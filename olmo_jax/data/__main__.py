@@ -11,6 +11,20 @@ from itertools import chain
 from olmo_jax.config import ConfigError, split_config_args
 
 
+def _add_document_args(p) -> None:
+    """How documents are read from the inputs (shared by prepare and train-tokenizer)."""
+    p.add_argument(
+        "--text_field", "--text-field", default="text", help="JSON field holding a document's text (default: text)"
+    )
+    p.add_argument(
+        "--text_unit",
+        "--text-unit",
+        choices=("file", "paragraph", "line"),
+        default="file",
+        help="for plain-text inputs: one document per file, per blank-line-separated paragraph, or per line",
+    )
+
+
 def _prepare_parser(sub) -> None:
     p = sub.add_parser(
         "prepare",
@@ -33,16 +47,7 @@ def _prepare_parser(sub) -> None:
         default=500_000_000,
         help="start a new part file beyond this many tokens; documents are never split (default: 500M)",
     )
-    p.add_argument(
-        "--text_field", "--text-field", default="text", help="JSON field holding a document's text (default: text)"
-    )
-    p.add_argument(
-        "--text_unit",
-        "--text-unit",
-        choices=("file", "paragraph", "line"),
-        default="file",
-        help="for plain-text inputs: one document per file, per blank-line-separated paragraph, or per line",
-    )
+    _add_document_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace token files and manifest already in --output")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -72,16 +77,7 @@ def _train_tokenizer_parser(sub) -> None:
     p.add_argument(
         "--sample_every", "--sample-every", type=int, default=1, help="train on every k-th non-empty line (default: 1)"
     )
-    p.add_argument(
-        "--text_field", "--text-field", default="text", help="JSON field holding a document's text (default: text)"
-    )
-    p.add_argument(
-        "--text_unit",
-        "--text-unit",
-        choices=("file", "paragraph", "line"),
-        default="file",
-        help="plain-text document unit",
-    )
+    _add_document_args(p)
 
 
 def _inspect_parser(sub) -> None:
