@@ -49,6 +49,7 @@ def test_encode_adds_no_special_tokens_and_decode_round_trips(shared_tokenizers)
 
 
 def test_hub_names_resolve_to_local_files_and_otherwise_fail_clearly(shared_tokenizers, monkeypatch, tmp_path):
+    monkeypatch.setenv(TOKENIZERS_DIR_ENV, str(shared_tokenizers))
     assert load_tokenizer("allenai/gpt-neox-olmo-dolma-v1_5").path == str(DOLMA)
     (tmp_path / "me_tok.json").write_bytes(DOLMA.read_bytes())
     monkeypatch.setenv(TOKENIZERS_DIR_ENV, str(tmp_path))

@@ -3,7 +3,7 @@
 `load_tokenizer(identifier)` accepts a path to a `tokenizer.json`-style file, a SentencePiece `.model`, the word
 "builtin" (the built-in demo corpus's SentencePiece model, trained on first use), or a hub-style name such as
 `allenai/gpt-neox-olmo-dolma-v1_5`, resolved to a local file `<owner>_<name>.json` in `$OLMO_JAX_TOKENIZERS_DIR`
-or in the development checkout's `../shared/data/tokenizers/` (nothing is downloaded).
+or in `<cache>/tokenizers/` (the cache folder of `olmo_jax.data.builtin`); nothing is downloaded.
 
 Special ids are read from the file, never assumed: OLMo's two GPT-NeoX files share a vocabulary but swap ids 0 and
 50279, so `<|endoftext|>` is 50279 in `gpt-neox-olmo-dolma-v1_5` and 0 in `eleuther-ai-gpt-neox-20b-pii-special`.
@@ -183,11 +183,12 @@ def file_sha256(path: str) -> str:
 
 def tokenizer_search_dirs() -> list[Path]:
     """Folders searched for `owner_name.json` when a hub-style name is given, in order."""
+    from olmo_jax.data.builtin import cache_root
+
     dirs = []
     if os.environ.get(TOKENIZERS_DIR_ENV):
-        dirs.append(Path(os.environ[TOKENIZERS_DIR_ENV]))
-    # The development checkout keeps OLMo's tokenizer files beside the repository (../shared/data/tokenizers).
-    dirs.append(Path(__file__).resolve().parents[3] / "shared" / "data" / "tokenizers")
+        dirs.append(Path(os.environ[TOKENIZERS_DIR_ENV]).expanduser())
+    dirs.append(cache_root() / "tokenizers")  # a place to drop OLMo's tokenizer files once
     return dirs
 
 
