@@ -94,11 +94,6 @@ def _is_complete_step(path: Path) -> bool:
     return path.is_dir() and path.name.isdigit() and all((path / item).is_dir() for item in REQUIRED_ITEMS)
 
 
-def has_training_state(step_dir: Path) -> bool:
-    """Whether a step holds a whole training state (optimizer, loader, meta), not only weights and config."""
-    return all((Path(step_dir) / item).is_dir() for item in TRAINING_ITEMS)
-
-
 def _latest_step_dir(checkpoints_dir: Path) -> Path | None:
     steps = [p for p in checkpoints_dir.iterdir() if _is_complete_step(p)] if checkpoints_dir.is_dir() else []
     return max(steps, key=lambda p: int(p.name)) if steps else None

@@ -21,8 +21,6 @@ from olmo_jax import distributed, sharding, train
 from olmo_jax.config import ConfigError, TrainConfig, load_config, preset_names, split_config_args
 from olmo_jax.runtime import configure_xla
 
-USAGE = __doc__
-
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str, dict[str, str]]:
     config_name, overrides, rest = split_config_args(argv)

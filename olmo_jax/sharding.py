@@ -84,11 +84,6 @@ def logical_to_spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: 
     return PartitionSpec(*spec)
 
 
-def param_specs(abstract_state: nnx.State) -> dict[str, tuple[str | None, ...]]:
-    """{param name: logical axes} from an nnx parameter State (abstract or concrete)."""
-    return {name: variable.get_metadata()["axes"] for name, variable in abstract_state.items()}
-
-
 def param_shardings(abstract_state: nnx.State, mesh: Mesh) -> dict[str, NamedSharding]:
     """{param name: NamedSharding} for a flat nnx parameter State."""
     return {
