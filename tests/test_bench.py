@@ -332,3 +332,37 @@ def test_the_installed_jaxlib_accepts_every_gpu_flag_and_rejects_a_removed_one()
 
     assert starts(runtime.merged_xla_flags("", runtime.GPU_XLA_FLAGS))
     assert not starts("--xla_gpu_enable_async_collectives=true")  # removed from XLA before jaxlib 0.10
+
+
+def test_gpu_session_script_commands_all_parse_and_load_their_configs():
+    """A GPU lease is short: a mistyped flag in benchmarks/gpu_session.sh must fail here, not there."""
+    import importlib.util
+    import shlex
+
+    printed = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_session.sh"), "--print"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    spec = importlib.util.spec_from_file_location("torch_baseline", REPO / "benchmarks" / "torch_baseline.py")
+    torch_baseline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(torch_baseline)
+    frameworks = []
+    for line in printed:
+        words = shlex.split(line)
+        if "olmo_jax.bench" in words:
+            argv, parse = words[words.index("olmo_jax.bench") + 1 :], bench.parse_args
+            frameworks.append("jax")
+        else:
+            script = next(i for i, word in enumerate(words) if word.endswith("torch_baseline.py"))
+            argv, parse = words[script + 1 :], torch_baseline.parse_args
+            frameworks.append("torch")
+        _, config_name, overrides = parse(argv)
+        config = bench.bench_config(config_name, overrides, num_devices=1, micro_batches=1)
+        assert bench.sequence_length(config) == 2048, line
+    assert frameworks.count("torch") == 1 and frameworks.count("jax") >= 5
+
+
+def test_the_1b_preset_runs_the_levers_measured_fastest_on_an_h100():
+    """README "Performance": cuDNN attention (auto on NVIDIA), no remat, unrolled layers, micro-batch 8."""
+    config = load_config("1b")
+    assert (config.model.attention_impl, config.model.remat, config.model.scan_layers) == ("auto", "none", False)
+    assert config.device_train_microbatch_size == 8
