@@ -19,14 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from olmo_jax.config import ConfigError, TrainConfig, load_config, preset_names, split_config_args
+from olmo_jax import atomic
+from olmo_jax.config import TrainConfig, load_config, preset_names, split_config_args
+from olmo_jax.errors import ConfigError
 
 # Record fields shown by `--table`, with their column titles (`_fmt` formats the values).
 TABLE_COLUMNS: list[tuple[str, str]] = [
@@ -355,10 +356,7 @@ def read_records(paths: list[Path]) -> list[dict[str, Any]]:
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """Write `record` as one JSON line to `path` via a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record) + "\n")
-    tmp.replace(path)
+    atomic.write_text(path, json.dumps(record) + "\n")
 
 
 def emit(record: dict[str, Any], args: argparse.Namespace) -> None:

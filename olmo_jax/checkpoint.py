@@ -31,7 +31,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from olmo_jax.config import ConfigError, TrainConfig, from_dict, to_dict
+from olmo_jax.config import TrainConfig, from_dict, to_dict
+from olmo_jax.errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError
 
 CHECKPOINTS_DIR = "checkpoints"
 PARAMS_ITEM = "params"
@@ -44,14 +45,6 @@ TRAINING_ITEMS = (OPT_STATE_ITEM, DATA_ITEM, META_ITEM)
 META_FORMAT = "olmo_jax.train_meta/1"
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ConfigError):
-    """A missing or malformed checkpoint, reported as one line naming the path."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A readable checkpoint that does not fit the configured model or optimizer."""
 
 
 class _DropReadOnlyNotice(logging.Filter):
@@ -104,7 +97,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     complete step; a step directory → itself. Raises CheckpointError when there is none."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint path {path} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint path {path} does not exist")
     if _is_complete_step(path):
         return path
     if path.is_dir() and path.name.isdigit() and (path / PARAMS_ITEM).exists():
@@ -114,7 +107,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         step_dir = _latest_step_dir(candidate)
         if step_dir is not None:
             return step_dir
-    raise CheckpointError(
+    raise CheckpointNotFoundError(
         f"no complete checkpoint under {path} (expected <run_dir>/{CHECKPOINTS_DIR}/<step>/ "
         f"holding {' and '.join(i + '/' for i in REQUIRED_ITEMS)})"
     )

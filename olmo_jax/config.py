@@ -17,10 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem, reported as one line naming the key at fault."""
-
+from olmo_jax.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------
 # The dataclasses. Field names follow OLMo's where the concept is the same.

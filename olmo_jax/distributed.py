@@ -32,7 +32,8 @@ from typing import Any, NoReturn
 import jax
 import numpy as np
 
-from olmo_jax.config import ConfigError, TrainConfig, flatten, to_dict
+from olmo_jax.config import TrainConfig, flatten, to_dict
+from olmo_jax.errors import ConfigError, DistributedError
 
 # `auto` looks for SLURM and Open MPI; `none` ignores the environment; the rest are JAX's detection methods.
 CLUSTERS = ("auto", "none", "slurm", "ompi", "mpi4py", "k8s", "gcetpu", "gketpu")
@@ -191,7 +192,7 @@ def initialize(
             heartbeat_timeout_seconds=heartbeat_timeout,
         )
     except (RuntimeError, ValueError, TypeError) as e:
-        raise ConfigError(f"cannot start the multi-process run ({layout.source}): {e}") from None
+        raise DistributedError(f"cannot start the multi-process run ({layout.source}): {e}") from None
     finally:
         watchdog.cancel()
     return dataclasses.replace(layout, num_processes=jax.process_count(), process_id=jax.process_index())

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from olmo_jax.config import ConfigError
+from olmo_jax.errors import ConfigError
 from olmo_jax.sharding import BATCH_AXES, LOGICAL_RULES
 
 VOCAB_AXIS = LOGICAL_RULES["vocab"]  # the mesh axis that may split the vocabulary

@@ -18,7 +18,8 @@ from pathlib import Path
 import jax
 
 from olmo_jax import distributed, sharding, train
-from olmo_jax.config import ConfigError, TrainConfig, load_config, preset_names, split_config_args
+from olmo_jax.config import TrainConfig, load_config, preset_names, split_config_args
+from olmo_jax.errors import ConfigError
 from olmo_jax.runtime import configure_xla
 
 

@@ -11,7 +11,8 @@ import re
 import sys
 from typing import Any
 
-from olmo_jax.config import ConfigError, TrainConfig, from_dict
+from olmo_jax.config import TrainConfig, from_dict
+from olmo_jax.errors import ConfigError
 
 # OLMo model keys that map one-to-one onto ModelConfig.
 _MODEL_KEYS = {

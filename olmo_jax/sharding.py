@@ -21,7 +21,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from olmo_jax.config import ConfigError, MeshConfig
+from olmo_jax.config import MeshConfig
+from olmo_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import re
 import signal
 import threading
@@ -30,9 +29,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from olmo_jax import sharding
+from olmo_jax import atomic, sharding
 from olmo_jax.checkpoint import CHECKPOINTS_DIR, Checkpointer, TrainCheckpoint, TrainMeta, starting_checkpoint
-from olmo_jax.config import ConfigError, TrainConfig, flatten, to_dict
+from olmo_jax.config import TrainConfig, flatten, to_dict
+from olmo_jax.errors import ConfigError, NonFiniteLossError
 from olmo_jax.loss import loss_terms
 from olmo_jax.model import OLMo, flops_per_token
 from olmo_jax.monitor import MetricWriter, Progress, mfu, peak_flops_per_device
@@ -302,16 +302,9 @@ def dry_run(config: TrainConfig, mesh: jax.sharding.Mesh) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when non-finite losses or gradients exceed what the config tolerates."""
-
-
 def write_config(config: TrainConfig, run_dir: Path) -> None:
     """The resolved config as `<run_dir>/config.yaml` (what `inspect` and resumes read), atomically."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".config.yaml.tmp{os.getpid()}"
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(run_dir / "config.yaml")
+    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 class StopRequests:
@@ -415,9 +408,7 @@ def _drop_metrics_after(run_dir: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
-    tmp = run_dir / f".metrics.jsonl.tmp{os.getpid()}"
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    atomic.write_text(path, "".join(kept))
 
 
 def fit(config: TrainConfig, run_dir: Path, *, devices: list[jax.Device] | None = None) -> dict[str, Any]:

@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 
 from olmo_jax import bench, runtime, sharding, train
-from olmo_jax.config import ConfigError, load_config
+from olmo_jax.config import load_config
+from olmo_jax.errors import ConfigError
 from olmo_jax.loss import loss_terms
 from olmo_jax.model import OLMo, flops_per_token, num_params
 from olmo_jax.monitor import mfu

@@ -18,6 +18,7 @@ from olmo_jax.checkpoint import (
     write_params_checkpoint,
 )
 from olmo_jax.config import TrainConfig, load_config
+from olmo_jax.errors import CheckpointNotFoundError
 
 
 def _params(seed: int) -> dict[str, np.ndarray]:
@@ -45,9 +46,9 @@ def test_run_dir_resolves_to_its_latest_complete_step(tmp_path: Path) -> None:
 
 def test_resolve_names_the_path_when_there_is_no_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="no complete checkpoint under .*empty"):
+    with pytest.raises(CheckpointNotFoundError, match="no complete checkpoint under .*empty"):
         resolve_checkpoint(tmp_path / "empty")
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointNotFoundError, match="does not exist"):
         resolve_checkpoint(tmp_path / "missing")
     (tmp_path / "run" / "checkpoints" / "5" / "params").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="incomplete: missing config/"):

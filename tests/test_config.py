@@ -2,7 +2,8 @@
 
 import pytest
 
-from olmo_jax.config import ConfigError, TrainConfig, load_config, preset_names, split_config_args
+from olmo_jax.config import TrainConfig, load_config, preset_names, split_config_args
+from olmo_jax.errors import ConfigError
 
 
 def test_every_preset_of_the_product_card_is_shipped():

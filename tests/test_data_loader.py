@@ -11,11 +11,12 @@ import yaml
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from olmo_jax.config import BatchSizeWarmupConfig, ConfigError, DataConfig, ModelConfig, TrainConfig, to_dict
+from olmo_jax.config import BatchSizeWarmupConfig, DataConfig, ModelConfig, TrainConfig, to_dict
 from olmo_jax.data.__main__ import main
 from olmo_jax.data.loader import build_train_loader, sharding_rows
 from olmo_jax.data.order import Cursor
 from olmo_jax.data.pipeline import build_pipeline, contiguous_rows, token_checksum
+from olmo_jax.errors import ConfigError
 
 SEQ_LEN = 8
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from olmo_jax.config import BatchSizeWarmupConfig, ConfigError, TrainConfig
+from olmo_jax.config import BatchSizeWarmupConfig, TrainConfig
 from olmo_jax.data.order import BatchPlan, Cursor, GlobalOrder, batch_size_for, epoch_permutation
+from olmo_jax.errors import ConfigError
 
 
 def olmo_global_indices(num_instances: int, seed: int, epoch: int) -> np.ndarray:

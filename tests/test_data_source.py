@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from olmo_jax.config import ConfigError
 from olmo_jax.data.source import DataError, build_instance_source, token_dtype
+from olmo_jax.errors import ConfigError
 
 
 def write_tokens(path, tokens, dtype=np.uint16):

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from olmo_jax import distributed
-from olmo_jax.config import ConfigError, load_config
+from olmo_jax.config import load_config
+from olmo_jax.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"

@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import yaml
 
-from olmo_jax.config import ConfigError, load_config
+from olmo_jax.config import load_config
+from olmo_jax.errors import ConfigError
 
 # The shape of allenai/OLMo's configs/official/OLMo-7B.yaml (abridged; values as published).
 OLMO_7B_YAML = """

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from olmo_jax import sharding
-from olmo_jax.config import ConfigError, MeshConfig, load_config
+from olmo_jax.config import MeshConfig, load_config
+from olmo_jax.errors import ConfigError
 from olmo_jax.train import build, dry_run, init_state, jit_train_step, parse_duration, total_steps
 
 # tiny's model, fp32 compute, on short sequences so that 8 fake devices stay quick.

@@ -6,13 +6,11 @@ so a failed conversion leaves nothing at the output path. `python -m olmo_jax.co
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
+from olmo_jax import atomic
 from olmo_jax.checkpoint import (
     host_device_arrays,
     params_metadata,
@@ -36,21 +34,6 @@ Log = Callable[[str], None]
 
 def _quiet(message: str) -> None:
     del message
-
-
-@contextmanager
-def atomic_directory(out: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside `out`; rename it to `out` on success, delete it on failure."""
-    if out.exists():
-        raise ConversionError(f"output {out} already exists; remove it or choose another path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def to_hf(
@@ -79,7 +62,7 @@ def to_hf(
     tokenizer_file = _run_tokenizer_file(train_config.tokenizer.identifier, log)
     log(f"reading {step_dir}")
     params = restore_params(step_dir)
-    with atomic_directory(out) as tmp:
+    with atomic.atomic_directory(out) as tmp:
         files = export_hf(params, config, tmp, dtype=dtype, max_shard_size=max_shard_size, progress=log)
         if tokenizer_file is not None:
             files += write_hf_tokenizer(tokenizer_file, tmp, config)
@@ -111,7 +94,7 @@ def from_hf(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None, lo
     tokenizer_file = find_hf_tokenizer(hf_dir) if hf_dir.is_dir() else None
     vocab_size = tokenizer_vocab_size(tokenizer_file) if tokenizer_file else None
     config, params = import_hf(hf_dir, dtype=dtype, vocab_size=vocab_size, progress=log)
-    with atomic_directory(out) as tmp:
+    with atomic.atomic_directory(out) as tmp:
         identifier = identity = None
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / tokenizer_file.name)
@@ -127,4 +110,4 @@ def from_hf(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None, lo
     return out / step_dir.relative_to(tmp)
 
 
-__all__ = ["ConversionError", "atomic_directory", "from_hf", "to_hf"]
+__all__ = ["ConversionError", "from_hf", "to_hf"]

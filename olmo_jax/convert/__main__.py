@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Imported here so that --help answers without starting JAX.
     from olmo_jax.checkpoint import CheckpointError
-    from olmo_jax.config import ConfigError
     from olmo_jax.convert import ConversionError, from_hf, to_hf
+    from olmo_jax.errors import ConfigError
 
     try:
         if args.command == "to-hf":

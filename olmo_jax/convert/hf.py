@@ -30,6 +30,7 @@ import ml_dtypes
 import numpy as np
 
 from olmo_jax.config import ModelConfig
+from olmo_jax.errors import ConversionError
 
 if TYPE_CHECKING:
     import transformers
@@ -59,10 +60,6 @@ DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "bfloat16": np.d
 _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-
-
-class ConversionError(ValueError):
-    """A conversion problem, reported as one line naming the file, tensor or key at fault."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 from itertools import chain
 
-from olmo_jax.config import ConfigError, split_config_args
+from olmo_jax.config import split_config_args
+from olmo_jax.errors import ConfigError
 
 
 def _add_document_args(p) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from olmo_jax import atomic
 from olmo_jax.data.source import DataError
 
 RECIPE_VERSION = 1
@@ -88,7 +89,7 @@ def _is_validation(name: str) -> bool:
 
 def _build(directory: Path) -> None:
     """Build the corpus into `directory` (which must be empty)."""
-    from olmo_jax.data.prepare import write_json_atomic, write_token_files
+    from olmo_jax.data.prepare import write_token_files
     from olmo_jax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
 
     documents = list(builtin_documents())
@@ -116,7 +117,7 @@ def _build(directory: Path) -> None:
         "train": train_manifest,
         "validation": validation_manifest,
     }
-    write_json_atomic(directory / "builtin.json", info)
+    atomic.write_json(directory / "builtin.json", info, indent=2)
 
 
 def _load(directory: Path) -> BuiltinCorpus:
@@ -142,17 +143,11 @@ def ensure_builtin_corpus(seq_len: int | None = None) -> BuiltinCorpus:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others wait, then find it built
             if not (final / "builtin.json").is_file():
                 print(f"olmo_jax: building the built-in corpus in {final} (once)", file=sys.stderr, flush=True)
-                for stale in root.glob(f".tmp-{key}-*"):
+                for stale in root.glob(f".{key}.*.tmp"):
                     shutil.rmtree(stale, ignore_errors=True)  # left by a builder that died
-                tmp = root / f".tmp-{key}-{os.getpid()}"
-                tmp.mkdir()
-                try:
+                shutil.rmtree(final, ignore_errors=True)  # an incomplete folder (no builtin.json) from elsewhere
+                with atomic.atomic_directory(final) as tmp:
                     _build(tmp)
-                    shutil.rmtree(final, ignore_errors=True)  # an incomplete folder (no builtin.json) from elsewhere
-                    os.replace(tmp, final)
-                except BaseException:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise
     corpus = _load(final)
     if seq_len is not None:
         tokens = corpus.info["train"]["tokens"]

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from olmo_jax.config import ConfigError, TrainConfig, load_config
+from olmo_jax.config import TrainConfig, load_config
 from olmo_jax.data.pipeline import DataPipeline, token_checksum
+from olmo_jax.errors import ConfigError
 
 
 def resolve_config(run_dir: str | None, config: str | None, overrides: dict[str, str]) -> TrainConfig:

@@ -21,10 +21,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from olmo_jax.config import ConfigError, TrainConfig
+from olmo_jax.config import TrainConfig
 from olmo_jax.data.order import Cursor, batch_size_for
 from olmo_jax.data.pipeline import DataPipeline, HostBatch, build_pipeline, token_checksum
 from olmo_jax.data.tokenizer import Tokenizer
+from olmo_jax.errors import ConfigError
 
 __all__ = ["Batch", "TrainLoader", "batch_size_for", "build_train_loader", "sharding_rows", "token_checksum"]
 

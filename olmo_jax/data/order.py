@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from olmo_jax.config import BatchSizeWarmupConfig, ConfigError, TrainConfig
+from olmo_jax.config import BatchSizeWarmupConfig, TrainConfig
+from olmo_jax.errors import ConfigError
 
 
 def batch_size_for(config: TrainConfig, tokens_seen: int) -> int:

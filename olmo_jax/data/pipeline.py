@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from olmo_jax.config import ConfigError, TrainConfig
+from olmo_jax.config import TrainConfig
 from olmo_jax.data.order import BatchPlan, Cursor, GlobalOrder
 from olmo_jax.data.source import InstanceSource, build_instance_source
 from olmo_jax.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from olmo_jax.errors import ConfigError
 
 STATE_FORMAT = "olmo_jax.loader/1"
 log = logging.getLogger(__name__)

@@ -31,8 +31,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from olmo_jax import atomic
 from olmo_jax.data.source import token_dtype
 from olmo_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
+from olmo_jax.errors import PrepareError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "olmo_jax.tokens/1"
@@ -42,10 +44,6 @@ TEXT_UNITS = ("file", "paragraph", "line")
 _CHUNK_TEXT_BYTES = 1 << 20  # text per worker task: large enough to amortise pickling, small for memory
 _CHUNK_DOCUMENTS = 4096
 _MAX_EXAMPLES = 10
-
-
-class PrepareError(ValueError):
-    """A problem with `prepare`'s inputs or output folder; the message names it."""
 
 
 @dataclass
@@ -307,7 +305,7 @@ class _PartWriter:
 
     def _open(self) -> None:
         final = self._final_path()
-        self._tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        self._tmp = atomic.temporary_name(final)
         self._handle = open(self._tmp, "wb")
         self._hash = hashlib.sha256()
         self._tokens = self._documents = 0
@@ -316,7 +314,7 @@ class _PartWriter:
         assert self._handle is not None and self._tmp is not None
         self._handle.close()
         final = self._final_path()
-        os.replace(self._tmp, final)
+        atomic.publish(self._tmp, final)
         self.files.append(
             {"path": final.name, "tokens": self._tokens, "documents": self._documents, "sha256": self._hash.hexdigest()}
         )
@@ -454,13 +452,6 @@ def write_token_files(
     }
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to `path` through a temporary file in the same folder and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _check_output(output: Path, overwrite: bool) -> None:
     existing = sorted(output.glob("part-*.npy"))
     if (output / MANIFEST_NAME).exists():
@@ -517,7 +508,7 @@ def prepare(
         text_unit=text_unit,
     )
     try:
-        write_json_atomic(output / MANIFEST_NAME, manifest)
+        atomic.write_json(output / MANIFEST_NAME, manifest, indent=2)
     except BaseException:
         for f in manifest["files"]:
             (output / f["path"]).unlink(missing_ok=True)

@@ -25,11 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from olmo_jax.config import ConfigError
-
-
-class DataError(ValueError):
-    """Bad token data; the message names the file (and the token offset where it applies)."""
+from olmo_jax.errors import ConfigError, DataError
 
 
 def token_dtype(vocab_size: int, override: str | None = None) -> np.dtype:

@@ -19,15 +19,14 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from olmo_jax import atomic
+from olmo_jax.errors import TokenizerError
+
 TOKENIZERS_DIR_ENV = "OLMO_JAX_TOKENIZERS_DIR"
 
 # Special tokens looked up by content, most specific first.
 _EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 _PAD_CANDIDATES = ("<|padding|>", "<|pad|>", "<pad>", "[PAD]")
-
-
-class TokenizerError(ValueError):
-    """A tokenizer that cannot be found, read or used; the message names it."""
 
 
 class Tokenizer(abc.ABC):
@@ -281,8 +280,5 @@ def train_sentencepiece(
     except RuntimeError as e:
         raise TokenizerError(f"SentencePiece training failed: {e}") from None
     output = Path(output_path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    tmp.write_bytes(model.getvalue())
-    os.replace(tmp, output)
+    atomic.write_bytes(output, model.getvalue())
     return str(output)

@@ -8,13 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from olmo_jax import atomic
 from olmo_jax.eval.tasks import METRICS, TASK_GROUPS, TASKS, resolve_tasks
 
 if TYPE_CHECKING:
@@ -148,10 +147,7 @@ def _print_aligned(lines: list[list[str]], stream: TextIO) -> None:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write `payload` to `path` through a temporary file in the same directory (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+    atomic.write_json(path, payload)
 
 
 def _mesh(sizes: tuple[int, int, int] | None):
