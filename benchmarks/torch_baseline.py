@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import transformers
 
+from olmo_jax import cli
 from olmo_jax.bench import (
     add_run_arguments,
     bench_config,
@@ -33,15 +34,16 @@ from olmo_jax.bench import (
     progress,
     sequence_length,
 )
-from olmo_jax.config import ConfigError, TrainConfig, split_config_args
+from olmo_jax.config import TrainConfig
 from olmo_jax.convert.hf import hf_config_dict
+from olmo_jax.errors import ConfigError
 from olmo_jax.model import flops_per_token
 from olmo_jax.monitor import PEAK_FLOPS
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, dict[str, str]]:
-    config_name, overrides, rest = split_config_args(argv)
-    parser = argparse.ArgumentParser(
+    config_name, overrides, rest, _ = cli.parse_command_line(argv)
+    parser = cli.ArgumentParser(
         prog="python benchmarks/torch_baseline.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -191,23 +193,23 @@ def run(config: TrainConfig, args: argparse.Namespace, device: torch.device, lab
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args, config_name, overrides = parse_args(argv)
-        if args.device == "auto":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        elif args.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device=cuda but torch sees no CUDA device")
-        else:
-            device = torch.device(args.device)
-        config = bench_config(config_name, overrides, 1, args.micro_batches)
-        label = args.label or f"{config_name}-torch"
-        record = run(config, args, device, label)
-        emit(record, args)
-        return 0
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.run_command(lambda: _run(argv), debug=cli.debug_enabled("--debug" in argv))
+
+
+def _run(argv: list[str]) -> int:
+    args, config_name, overrides = parse_args(argv)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device=cuda but torch sees no CUDA device")
+    else:
+        device = torch.device(args.device)
+    config = bench_config(config_name, overrides, 1, args.micro_batches)
+    label = args.label or f"{config_name}-torch"
+    record = run(config, args, device, label)
+    emit(record, args)
+    return 0
 
 
 if __name__ == "__main__":

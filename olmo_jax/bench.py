@@ -11,7 +11,8 @@ dense bf16 peak) and peak device memory. Steps are dispatched back to back with 
 them, as in training; only the end of the timed run waits for the device. The record format is shared
 with `benchmarks/torch_baseline.py`, so one table compares both.
 
-This module imports neither the data pipeline (grain) nor the metric writers (clu, tensorboardX).
+This module imports neither the data pipeline (grain) nor the in-loop evaluation: the GPU image it runs
+on has no grain.
 """
 
 from __future__ import annotations
@@ -25,9 +26,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from olmo_jax import atomic
-from olmo_jax.config import TrainConfig, load_config, preset_names, split_config_args
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from olmo_jax import atomic, cli, sharding, train
+from olmo_jax.config import TrainConfig, load_config, preset_names
 from olmo_jax.errors import ConfigError
+from olmo_jax.model import DTYPES, attention_implementation, flops_per_token
+from olmo_jax.monitor import mfu, peak_flops_per_device
+from olmo_jax.runtime import configure_xla
+from olmo_jax.sharding import mesh_shape
 
 # Record fields shown by `--table`, with their column titles (`_fmt` formats the values).
 TABLE_COLUMNS: list[tuple[str, str]] = [
@@ -46,9 +55,7 @@ TABLE_COLUMNS: list[tuple[str, str]] = [
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that the JAX bench and the PyTorch baseline share."""
-    parser.add_argument(
-        "--config", metavar="NAME|PATH", help="preset name or YAML path (required); then --config.KEY=VALUE overrides"
-    )
+    cli.add_config_arguments(parser)
     parser.add_argument("--steps", type=int, default=10, help="timed train steps (default: 10)")
     parser.add_argument(
         "--warmup_steps",
@@ -66,7 +73,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--label", help="name of this run in the record and in --table (default: the config name)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line on stdout")
-    parser.add_argument("--output", type=Path, help="also write the JSON record to this file (written atomically)")
+    cli.add_output_argument(parser, "also write the JSON record to this file (written atomically)", type=Path)
+    cli.add_debug_argument(parser)
 
 
 def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -79,10 +87,12 @@ def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--micro_batches must be at least 1, got {args.micro_batches}")
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, dict[str, str]]:
-    config_name, overrides, rest = split_config_args(argv)
-    parser = argparse.ArgumentParser(
-        prog="python -m olmo_jax.bench",
+def parse_args(
+    argv: list[str], prog: str = "python -m olmo_jax.bench"
+) -> tuple[argparse.Namespace, str | None, dict[str, str]]:
+    config_name, overrides, rest, _ = cli.parse_command_line(argv)
+    parser = cli.ArgumentParser(
+        prog=prog,
         description=__doc__,
         epilog=f"Presets: {', '.join(preset_names())}. Levers: --config.model.attention_impl=auto|xla|cudnn, "
         "--config.model.remat=none|save_dots|full, --config.model.scan_layers=true|false, "
@@ -119,8 +129,6 @@ def bench_config(config_name: str, overrides: dict[str, str], num_devices: int, 
     step on one device); a benchmark wants `micro_batches` micro-batches of the preset's
     `device_train_microbatch_size` per device, unless the command line sets the global batch itself.
     """
-    from olmo_jax.sharding import mesh_shape
-
     config = load_config(config_name, overrides)
     micro = config.device_train_microbatch_size
     if "global_train_batch_size" not in overrides and micro is not None:
@@ -164,8 +172,6 @@ def make_record(
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     """The result record both benchmarks print: throughput and MFU derived one way for both."""
-    from olmo_jax.monitor import mfu
-
     seq = sequence_length(config)
     tokens_per_second = config.global_train_batch_size * seq / step_time_s
     per_device = tokens_per_second / num_devices
@@ -196,14 +202,6 @@ def make_record(
 
 def run(config: TrainConfig, *, label: str, steps: int, warmup_steps: int, xla_flags: list[str]) -> dict[str, Any]:
     """Compile and time the train step of `config` on synthetic tokens over all devices; return the record."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from olmo_jax import sharding, train
-    from olmo_jax.model import DTYPES, attention_implementation, flops_per_token
-    from olmo_jax.monitor import peak_flops_per_device
-
     mesh = sharding.make_mesh(config.mesh)
     setup = train.build(config, mesh)
     seq = sequence_length(config)
@@ -370,31 +368,27 @@ def emit(record: dict[str, Any], args: argparse.Namespace) -> None:
         write_record(args.output, record)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args, config_name, overrides = parse_args(argv)
-        if args.table is not None:
-            records = read_records(args.table)
-            print(format_table(records))
-            ratios = format_ratios(records)
-            if ratios:
-                print("\n" + ratios)
-            return 0
-        from olmo_jax.runtime import configure_xla
+def main(argv: list[str] | None = None, prog: str = "python -m olmo_jax.bench") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.run_command(lambda: _run(argv, prog), debug=cli.debug_enabled("--debug" in argv))
 
-        # Before anything starts a JAX backend: XLA reads its flags once.
-        xla_flags = configure_xla(enabled=args.xla_tuning == "on")
-        import jax
 
-        config = bench_config(config_name, overrides, jax.device_count(), args.micro_batches)
-        label = args.label or Path(config_name).stem
-        record = run(config, label=label, steps=args.steps, warmup_steps=args.warmup_steps, xla_flags=xla_flags)
-        emit(record, args)
+def _run(argv: list[str], prog: str) -> int:
+    args, config_name, overrides = parse_args(argv, prog)
+    if args.table is not None:
+        records = read_records(args.table)
+        print(format_table(records))
+        ratios = format_ratios(records)
+        if ratios:
+            print("\n" + ratios)
         return 0
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # Before anything starts a JAX backend: XLA reads its flags once.
+    xla_flags = configure_xla(enabled=args.xla_tuning == "on")
+    config = bench_config(config_name, overrides, jax.device_count(), args.micro_batches)
+    label = args.label or Path(config_name).stem
+    record = run(config, label=label, steps=args.steps, warmup_steps=args.warmup_steps, xla_flags=xla_flags)
+    emit(record, args)
+    return 0
 
 
 if __name__ == "__main__":

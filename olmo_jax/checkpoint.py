@@ -163,10 +163,24 @@ def restore_params(step_dir: Path, abstract_params: dict[str, Any] | None = None
     abstract_params = params_metadata(step_dir) if abstract_params is None else abstract_params
     manager, step = _manager_for_step(step_dir)
     with manager:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)})
-        )
+        try:
+            restored = manager.restore(
+                step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)})
+            )
+        except _BUG_ERRORS:
+            raise
+        except Exception as e:  # Orbax and TensorStore raise ValueError/RuntimeError/OSError for damaged data
+            raise CheckpointError(f"cannot read the parameters of {step_dir}: {_first_line(e)}") from e
     return restored[PARAMS_ITEM]
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """The gist of a (often many-line) storage error, for a one-line message: its root cause, which names
+    the damaged array and what is wrong with it (Orbax's own wrapper names only slices)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = " ".join(str(error).split())
+    return text[:limit] + ("..." if len(text) > limit else "") or type(error).__name__
 
 
 def host_device_arrays(params: dict[str, Any]) -> dict[str, jax.Array]:

@@ -47,6 +47,14 @@ DTYPE_HELP = "dtype the parameters are stored in"
 COMPUTE_DTYPE_HELP = "dtype the arithmetic runs in (logits and losses are float32 always)"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error shape: the usage, then `error: <message>` as the last line (exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n")
+
+
 def normalize_flags(argv: Sequence[str]) -> list[str]:
     """`--some-flag[=v]` -> `--some_flag[=v]`: one spelling rule, hyphens accepted for every flag.
 
@@ -85,9 +93,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
     )
 
 
-def add_output_argument(parser: argparse.ArgumentParser, help: str, *, required: bool = False, **kwargs) -> None:
-    """`--output`/`-o`: where the command writes."""
-    parser.add_argument("--output", "-o", required=required, help=help, **kwargs)
+def add_output_argument(
+    parser: argparse.ArgumentParser, help: str, *, required: bool = False, aliases: Sequence[str] = (), **kwargs
+) -> None:
+    """`--output`/`-o` (plus a command's older spellings in `aliases`): where the command writes."""
+    parser.add_argument("--output", "-o", *aliases, dest="output", required=required, help=help, **kwargs)
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> None:
@@ -125,14 +135,13 @@ def run_command(
 
     `OlmoJaxError`: its own status (2 input, 1 run). `OSError` (disk full, permissions, a vanished file):
     1. Ctrl-C: 130. A closed stdout (`| head`): 0. Anything else is a bug: its traceback, status 1.
-    `finish(status)` runs last (a multi-process run ends its process there); with `debug`, errors keep
-    their tracebacks.
+    `finish(status)` runs after a failure (a multi-process run ends its process there); with `debug`,
+    errors keep their tracebacks.
     """
     finish = finish or (lambda status: status)
     debug = debug_enabled(debug)
     try:
-        status = body()
-        return finish(status or 0)
+        return body() or 0
     except BrokenPipeError:
         # The reader (e.g. `| head`) stopped listening: not an error. Silence the flush at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -169,11 +169,13 @@ class MeshConfig:
 class EvalConfig:
     """In-loop evaluation, run every `eval_interval` steps."""
 
-    tasks: list[str] = field(default_factory=list)
-    ppl_paths: list[str] = field(default_factory=list)
-    data_dir: str | None = None
-    limit: int | None = 200
-    batch_size: int = 32
+    tasks: list[str] = field(default_factory=list)  # task names or groups, e.g. ["core9"]
+    ppl_paths: list[str] = field(default_factory=list)  # perplexity sets (Paloma roots, folders, JSON lines)
+    ppl_split: str = "val"  # the split folder read under a Paloma root
+    data_dir: str | None = None  # local task data; None: the HF hub's cache
+    limit: int | None = 200  # questions per task and documents per perplexity domain (None: all)
+    batch_size: int = 32  # rows per forward pass
+    max_length: int | None = None  # tokens per row; None: the model's max_sequence_length
 
 
 @dataclass
@@ -392,7 +394,11 @@ def preset_names() -> list[str]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.object[e.start]:#04x})") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -11,48 +11,49 @@ srun python -m olmo_jax.main --config=7b                    # one process per ta
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import traceback
+import tempfile
 from pathlib import Path
 
 import jax
 
-from olmo_jax import distributed, sharding, train
-from olmo_jax.config import TrainConfig, load_config, preset_names, split_config_args
+from olmo_jax import cli, distributed, sharding, train
+from olmo_jax.config import TrainConfig, load_config, preset_names
 from olmo_jax.errors import ConfigError
 from olmo_jax.runtime import configure_xla
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str, dict[str, str]]:
-    config_name, overrides, rest = split_config_args(argv)
-    parser = argparse.ArgumentParser(
-        prog="python -m olmo_jax.main",
-        description="Train OLMo with JAX. Configs: --config=NAME (a preset) or --config=PATH (our YAML or an "
-        "original OLMo YAML), then any number of --config.KEY=VALUE overrides, e.g. "
-        '--config.optimizer.learning_rate=3e-4 --config.data.paths=\'["a.npy","b.npy"]\'.',
-        epilog=f"Presets: {', '.join(preset_names())}.",
+def build_parser(prog: str = "python -m olmo_jax.main") -> argparse.ArgumentParser:
+    """The train command's flags (`--config` and `--config.KEY=VALUE` are parsed by `cli.parse_command_line`)."""
+    parser = cli.ArgumentParser(
+        prog=prog,
+        description="Train OLMo with JAX (or, with --dry_run, compile and size the train step).\n"
+        "Configs: --config=NAME (a preset) or --config=PATH (our YAML or an original OLMo YAML), then any\n"
+        "number of --config.KEY=VALUE overrides. Every value is checked before anything runs.",
+        epilog=f"presets: {', '.join(preset_names())}\n"
+        "exit status: 0 done (or stopped and saved on a signal or time_limit), 2 bad input, 1 the run failed",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config", metavar="NAME|PATH", help="preset name or YAML path (required); see --config.KEY=VALUE above"
-    )
-    parser.add_argument(
-        "--workdir",
+    cli.add_config_arguments(parser)
+    cli.add_output_argument(
+        parser,
+        "run directory for config.yaml, metrics.jsonl, TensorBoard events and checkpoints; rerunning with the "
+        "same directory resumes (default: save_folder from the config, else runs/<run_name>; --workdir is the "
+        "older spelling)",
         type=Path,
-        help="run directory for config.yaml, metrics.jsonl, TensorBoard events and checkpoints "
-        "(default: save_folder from the config, else runs/<run_name>)",
+        metavar="DIR",
+        aliases=("--workdir",),
     )
     parser.add_argument(
         "--dry_run",
         action="store_true",
-        help="compile the train step for the configured mesh from abstract shapes (nothing is allocated) and "
-        "print parameter count, FLOPs/token and per-device memory, then exit",
+        help="compile the train step for the configured mesh from abstract shapes (nothing is allocated or "
+        "written) and print parameter count, FLOPs/token and per-device memory, then exit",
     )
     add_distributed_args(parser)
-    args = parser.parse_args(rest)
-    if config_name is None:
-        parser.error("--config=NAME|PATH is required")
-    return args, config_name, overrides
+    cli.add_debug_argument(parser)
+    return parser
 
 
 def add_distributed_args(parser: argparse.ArgumentParser) -> None:
@@ -106,47 +107,64 @@ def process_layout(args: argparse.Namespace, config: TrainConfig) -> distributed
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args, config_name, overrides = parse_args(argv)
-    configure_xla()  # before JAX's backend starts: XLA reads its flags once
-    try:
-        config = load_config(config_name, overrides)
-        if args.workdir is not None:
-            config.save_folder = str(args.workdir)
-        run_dir = Path(config.save_folder or Path("runs") / config.run_name)
-        config.save_folder = str(run_dir)
-        layout = distributed.initialize(
-            process_layout(args, config), init_timeout=args.init_timeout, heartbeat_timeout=args.heartbeat_timeout
-        )
-        digest = distributed.check_same_config(config)
-        is_writer = jax.process_index() == 0
-        if layout.is_multiprocess and is_writer:
-            print(
-                f"olmo_jax: {layout.num_processes} processes ({layout.source}), coordinator "
-                f"{layout.coordinator_address or 'from JAX'} | {jax.device_count()} devices, "
-                f"{jax.local_device_count()} per process | config hash {digest[:12]}",
-                flush=True,
-            )
+def check_writable(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be created or written, before anything is built or written.
 
-        if args.dry_run:
-            report = train.dry_run(config, sharding.make_mesh(config.mesh))
-            if is_writer:
-                print_dry_run(report)
-            return 0
-        train.fit(config, run_dir)
+    The probe is a temporary file in the nearest folder that exists, removed at once: a read-only
+    filesystem refuses even root, which permission bits would not.
+    """
+    existing = run_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"run directory {run_dir} cannot be created: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".olmo_jax-probe-", dir=existing)
+    except OSError as e:
+        raise ConfigError(f"run directory {run_dir} cannot be written: {e.strerror} ({existing})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m olmo_jax.main") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    config_name, overrides, rest, debug = cli.parse_command_line(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(rest)
+    config_name = cli.require_config(parser, config_name)
+    configure_xla()  # before JAX's backend starts: XLA reads its flags once
+    return cli.run_command(
+        lambda: _run(args, config_name, overrides), debug=debug, finish=distributed.exit_after_failure
+    )
+
+
+def _run(args: argparse.Namespace, config_name: str, overrides: dict[str, str]) -> int:
+    config = load_config(config_name, overrides)
+    if args.output is not None:
+        config.save_folder = str(args.output)
+    run_dir = Path(config.save_folder or Path("runs") / config.run_name)
+    config.save_folder = str(run_dir)
+    if not args.dry_run:
+        check_writable(run_dir)
+    layout = distributed.initialize(
+        process_layout(args, config), init_timeout=args.init_timeout, heartbeat_timeout=args.heartbeat_timeout
+    )
+    digest = distributed.check_same_config(config)
+    is_writer = jax.process_index() == 0
+    if layout.is_multiprocess and is_writer:
+        print(
+            f"olmo_jax: {layout.num_processes} processes ({layout.source}), coordinator "
+            f"{layout.coordinator_address or 'from JAX'} | {jax.device_count()} devices, "
+            f"{jax.local_device_count()} per process | config hash {digest[:12]}",
+            flush=True,
+        )
+    if args.dry_run:
+        report = train.dry_run(config, sharding.make_mesh(config.mesh))
+        if is_writer:
+            print_dry_run(report)
         return 0
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return distributed.exit_after_failure(2)
-    except train.NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return distributed.exit_after_failure(1)
-    except Exception:
-        if not jax.distributed.is_initialized():
-            raise
-        traceback.print_exc()
-        return distributed.exit_after_failure(1)
+    train.fit(config, run_dir)
+    return 0
 
 
 def print_dry_run(report: dict) -> None:

@@ -128,7 +128,7 @@ def test_existing_output_needs_overwrite(tmp_path, sp_model):
 
 def test_cli_reports_a_missing_input_as_an_error(tmp_path, sp_model, capsys):
     code = main(["prepare", str(tmp_path / "missing.jsonl"), "--tokenizer", sp_model, "-o", str(tmp_path / "o")])
-    assert code == 1
+    assert code == 2  # the input is at fault
     assert capsys.readouterr().err.startswith("error: input file")
 
 

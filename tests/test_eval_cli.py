@@ -105,9 +105,9 @@ def test_a_run_writes_every_metric_and_each_requests_loglikelihood(hf_dir, capsy
     )
 
 
-def test_missing_task_data_exits_1_with_the_expected_layout(hf_dir, capsys):
+def test_missing_task_data_exits_2_with_the_expected_layout(hf_dir, capsys):
     root, model_dir, _, _ = hf_dir
     empty = root / "empty"
     empty.mkdir(exist_ok=True)
-    assert main([f"--model={model_dir}", "--tasks=piqa", f"--data_dir={empty}"]) == 1
+    assert main([f"--model={model_dir}", "--tasks=piqa", f"--data_dir={empty}"]) == 2
     assert f"error: no data for task 'piqa' in {empty}; expected {empty}/piqa/validation/" in capsys.readouterr().err

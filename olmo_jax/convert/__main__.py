@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from olmo_jax import cli
+from olmo_jax.convert import from_hf, to_hf
 from olmo_jax.convert.hf import DTYPES, parse_size
 
 DESCRIPTION = """\
@@ -13,9 +15,12 @@ Weights move one tensor at a time; the output appears only when the conversion h
 
 EPILOG = """\
 examples:
-  python -m olmo_jax.convert to-hf runs/tiny hf/tiny                 # latest step of a run
-  python -m olmo_jax.convert to-hf runs/tiny/checkpoints/150 hf/tiny --dtype=bfloat16
-  python -m olmo_jax.convert from-hf ~/models/OLMo-1B-hf runs/olmo-1b"""
+  olmo-jax convert to-hf runs/tiny -o hf/tiny                        # latest step of a run
+  olmo-jax convert to-hf runs/tiny/checkpoints/150 -o hf/tiny --dtype=bfloat16
+  olmo-jax convert from-hf ~/models/OLMo-1B-hf -o runs/olmo-1b
+  (OUT may also be given as a second positional argument, as in earlier versions)
+
+exit status: 0 written, 2 bad input (nothing is written), 1 the conversion failed (nothing is written)"""
 
 
 def _size(text: str) -> int:
@@ -25,9 +30,15 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m olmo_jax.convert",
+def _add_output(parser: argparse.ArgumentParser, what: str) -> None:
+    cli.add_output_argument(parser, f"{what} to create; it must not exist yet", metavar="OUT")
+    parser.add_argument("out", nargs="?", metavar="OUT", help="the same as --output (the older spelling)")
+    cli.add_debug_argument(parser)
+
+
+def build_parser(prog: str = "python -m olmo_jax.convert") -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(
+        prog=prog,
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -45,12 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="olmo_jax checkpoint: a run directory (its latest step), its checkpoints/ "
         "directory (latest step) or one step directory <run>/checkpoints/<step>",
     )
-    to_hf.add_argument("out", metavar="OUT", help="HF directory to create; it must not exist yet")
+    _add_output(to_hf, "HF directory")
     to_hf.add_argument(
         "--dtype",
         choices=list(DTYPES),
         default=None,
-        help="dtype of the written weights (default: the checkpoint's parameter dtype)",
+        help=f"{cli.DTYPE_HELP} in OUT (default: the checkpoint's parameter dtype)",
     )
     to_hf.add_argument(
         "--max_shard_size",
@@ -72,12 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         "model.safetensors or model.safetensors.index.json with its shards; a tokenizer.json or "
         "tokenizer.model there is copied into OUT",
     )
-    from_hf.add_argument("out", metavar="OUT", help="run directory to create; it must not exist yet")
+    _add_output(from_hf, "run directory")
     from_hf.add_argument(
         "--dtype",
         choices=list(DTYPES),
         default=None,
-        help="dtype of the saved parameters (default: bfloat16 if every HF tensor is bf16, else float32)",
+        help=f"{cli.DTYPE_HELP} in OUT (default: bfloat16 if every HF tensor is bf16, else float32)",
     )
     return parser
 
@@ -86,27 +97,24 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (2 for bad input, with one `error: ...` line on stderr)."""
-    args = build_parser().parse_args(argv)
-    # Imported here so that --help answers without starting JAX.
-    from olmo_jax.checkpoint import CheckpointError
-    from olmo_jax.convert import ConversionError, from_hf, to_hf
-    from olmo_jax.errors import ConfigError
+def main(argv: list[str] | None = None, prog: str = "python -m olmo_jax.convert") -> int:
+    """Run the CLI; returns the exit status (2 bad input, 1 a failed conversion; one `error: ...` line)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _, _, rest, debug = cli.parse_command_line(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(rest)
+    if (args.output is None) == (args.out is None):
+        parser.error("give the output directory once: --output OUT (or a second positional OUT)")
+    out = args.output or args.out
+    return cli.run_command(lambda: _run(args, out), debug=debug)
 
-    try:
-        if args.command == "to-hf":
-            to_hf(args.src, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size, log=_log)
-        else:
-            step_dir = from_hf(args.hf_dir, args.out, dtype=args.dtype, log=_log)
-            _log(f"wrote {step_dir}; train from it with --config.load_path={args.out} --config.load_weights_only=true")
-    except (ConversionError, CheckpointError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+def _run(args: argparse.Namespace, out: str) -> None:
+    if args.command == "to-hf":
+        to_hf(args.src, out, dtype=args.dtype, max_shard_size=args.max_shard_size, log=_log)
+    else:
+        step_dir = from_hf(args.hf_dir, out, dtype=args.dtype, log=_log)
+        _log(f"wrote {step_dir}; train from it with --config.load_path={out} --config.load_weights_only=true")
 
 
 if __name__ == "__main__":

@@ -198,6 +198,9 @@ def read_hf_config(hf_dir: Path) -> dict[str, Any]:
     return hf
 
 
+_KIND_NAMES = {int: "an integer", float: "a number"}
+
+
 def model_config_from_hf(hf: dict[str, Any], source: str, vocab_size: int | None = None) -> ModelConfig:
     """The olmo_jax ModelConfig of an HF OLMo `config.json` dict (`source` names it in errors).
 
@@ -207,10 +210,22 @@ def model_config_from_hf(hf: dict[str, Any], source: str, vocab_size: int | None
     def get(key: str) -> Any:
         return hf.get(key, _HF_DEFAULTS.get(key))
 
+    def number(key: str, kind: type) -> Any:
+        value = get(key)
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError
+            converted = kind(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConversionError(f"{source}: {key}={value!r} is not {_KIND_NAMES[kind]}") from None
+        if kind is int and converted != value:
+            raise ConversionError(f"{source}: {key}={value!r} is not {_KIND_NAMES[int]}")
+        return converted
+
     def unsupported(key: str, value: Any, want: str) -> ConversionError:
         return ConversionError(f"{source}: {key}={value!r} is not supported by olmo_jax (OLMo-1 needs {want})")
 
-    heads = get("num_attention_heads")
+    heads = number("num_attention_heads", int)
     if hf.get("num_key_value_heads") not in (None, heads):
         raise unsupported("num_key_value_heads", hf["num_key_value_heads"], f"{heads}, full multi-head attention")
     if hf.get("hidden_act", "silu") != "silu":
@@ -230,25 +245,25 @@ def model_config_from_hf(hf: dict[str, Any], source: str, vocab_size: int | None
         if value is None:
             raise ConversionError(f"{source}: {key} is null; olmo_jax needs an integer token id")
         token_ids[key] = int(value)
-    embedding_size = int(get("vocab_size"))
-    d_model, ff_proj_size = int(get("hidden_size")), 2 * int(get("intermediate_size"))
+    embedding_size = number("vocab_size", int)
+    d_model, ff_proj_size = number("hidden_size", int), 2 * number("intermediate_size", int)
     # OLMo's configs say `mlp_ratio` when the MLP width is a multiple of d_model (1B), else its width (7B).
     ratio, remainder = divmod(ff_proj_size, d_model)
     by_ratio = ratio > 0 and remainder == 0
     config = ModelConfig(
         d_model=d_model,
-        n_heads=int(heads),
-        n_layers=int(get("num_hidden_layers")),
+        n_heads=heads,
+        n_layers=number("num_hidden_layers", int),
         mlp_ratio=ratio if by_ratio else ModelConfig.mlp_ratio,
         mlp_hidden_size=None if by_ratio else ff_proj_size,
         vocab_size=vocab_size if vocab_size is not None and vocab_size <= embedding_size else embedding_size,
         embedding_size=embedding_size,
-        max_sequence_length=int(get("max_position_embeddings")),
+        max_sequence_length=number("max_position_embeddings", int),
         weight_tying=bool(get("tie_word_embeddings")),
         rope_theta=float(rope_theta),
-        clip_qkv=None if get("clip_qkv") is None else float(get("clip_qkv")),
+        clip_qkv=None if get("clip_qkv") is None else number("clip_qkv", float),
         layer_norm_eps=HF_LAYER_NORM_EPS,
-        init_std=float(get("initializer_range")),
+        init_std=number("initializer_range", float),
         **token_ids,
     )
     config.validate()

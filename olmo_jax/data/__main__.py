@@ -8,18 +8,15 @@ import sys
 from collections.abc import Sequence
 from itertools import chain
 
-from olmo_jax.config import split_config_args
+from olmo_jax import cli
 from olmo_jax.errors import ConfigError
 
 
 def _add_document_args(p) -> None:
     """How documents are read from the inputs (shared by prepare and train-tokenizer)."""
-    p.add_argument(
-        "--text_field", "--text-field", default="text", help="JSON field holding a document's text (default: text)"
-    )
+    p.add_argument("--text_field", default="text", help="JSON field holding a document's text (default: text)")
     p.add_argument(
         "--text_unit",
-        "--text-unit",
         choices=("file", "paragraph", "line"),
         default="file",
         help="for plain-text inputs: one document per file, per blank-line-separated paragraph, or per line",
@@ -39,11 +36,10 @@ def _prepare_parser(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", help="input files, folders (read recursively) or globs")
     p.add_argument("--tokenizer", required=True, help="tokenizer JSON, SentencePiece .model, 'builtin' or owner/name")
-    p.add_argument("--output", "-o", required=True, help="output folder for part-NNNNN.npy and manifest.json")
+    cli.add_output_argument(p, "output folder for part-NNNNN.npy and manifest.json", required=True)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: all cores)")
     p.add_argument(
         "--max_tokens_per_file",
-        "--max-tokens-per-file",
         type=int,
         default=500_000_000,
         help="start a new part file beyond this many tokens; documents are never split (default: 500M)",
@@ -63,21 +59,16 @@ def _train_tokenizer_parser(sub) -> None:
         ),
     )
     p.add_argument("inputs", nargs="+", help="input files, folders or globs (JSON lines or plain text)")
-    p.add_argument("--output", "-o", required=True, help="path of the .model file to write")
-    p.add_argument("--vocab_size", "--vocab-size", type=int, default=8000, help="number of pieces (default: 8000)")
-    p.add_argument(
-        "--model_type", "--model-type", choices=("bpe", "unigram"), default="bpe", help="SentencePiece algorithm"
-    )
+    cli.add_output_argument(p, "path of the .model file to write", required=True)
+    p.add_argument("--vocab_size", type=int, default=8000, help="number of pieces (default: 8000)")
+    p.add_argument("--model_type", choices=("bpe", "unigram"), default="bpe", help="SentencePiece algorithm")
     p.add_argument(
         "--character_coverage",
-        "--character-coverage",
         type=float,
         default=0.9995,
         help="share of characters given own pieces",
     )
-    p.add_argument(
-        "--sample_every", "--sample-every", type=int, default=1, help="train on every k-th non-empty line (default: 1)"
-    )
+    p.add_argument("--sample_every", type=int, default=1, help="train on every k-th non-empty line (default: 1)")
     _add_document_args(p)
 
 
@@ -92,7 +83,7 @@ def _inspect_parser(sub) -> None:
         ),
     )
     p.add_argument("run_dir", nargs="?", help="run directory holding config.yaml (else use --config)")
-    p.add_argument("--config", help="preset name or YAML path (with --config.KEY=VALUE overrides)")
+    cli.add_config_arguments(p, required=False)
     p.add_argument(
         "--step",
         type=int,
@@ -110,13 +101,16 @@ def _inspect_parser(sub) -> None:
     p.add_argument("--preview", type=int, default=80, help="text format: characters or tokens per instance (0: all)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `python -m olmo_jax.data` argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m olmo_jax.data", description="OLMo data pipeline tools.")
+def build_parser(prog: str = "python -m olmo_jax.data") -> argparse.ArgumentParser:
+    """The data command's argument parser (`--config*` flags are parsed by `cli.parse_command_line`)."""
+    parser = cli.ArgumentParser(prog=prog, description="OLMo data pipeline tools.")
+    cli.add_debug_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     _prepare_parser(sub)
     _train_tokenizer_parser(sub)
     _inspect_parser(sub)
+    for subparser in sub.choices.values():
+        cli.add_debug_argument(subparser)
     return parser
 
 
@@ -185,38 +179,23 @@ def _run_inspect(args: argparse.Namespace, config_name: str | None, overrides: d
         print(format_json(record) if args.format == "json" else format_text(record, args.preview), flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a subcommand; returns the exit status (2: bad usage or config, 1: bad data)."""
+def main(argv: Sequence[str] | None = None, prog: str = "python -m olmo_jax.data") -> int:
+    """Run a subcommand; returns the exit status (2: bad input, 1: the run failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        config_name, overrides, rest = split_config_args(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    args = build_parser().parse_args(rest)
+    return cli.run_command(lambda: _run(argv, prog), debug=cli.debug_enabled("--debug" in argv))
+
+
+def _run(argv: list[str], prog: str) -> int:
+    config_name, overrides, rest, _ = cli.parse_command_line(argv)
+    args = build_parser(prog).parse_args(rest)
     if args.command != "inspect" and (config_name is not None or overrides):
-        print(f"error: --config and --config.KEY=VALUE apply to inspect only, not {args.command}", file=sys.stderr)
-        return 2
-    try:
-        if args.command == "prepare":
-            _run_prepare(args)
-        elif args.command == "train-tokenizer":
-            _run_train_tokenizer(args)
-        else:
-            _run_inspect(args, config_name, overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        # The reader (e.g. `| head`) stopped listening: not an error. Silence the flush at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        raise ConfigError(f"--config and --config.KEY=VALUE apply to inspect only, not {args.command}")
+    if args.command == "prepare":
+        _run_prepare(args)
+    elif args.command == "train-tokenizer":
+        _run_train_tokenizer(args)
+    else:
+        _run_inspect(args, config_name, overrides)
     return 0
 
 

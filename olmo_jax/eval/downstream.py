@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from olmo_jax.errors import EvalError
 from olmo_jax.eval.scoring import Request, Scorer
 from olmo_jax.eval.tasks import METRICS, Question, Task
 
@@ -63,11 +64,11 @@ def build_questions(task: Task, rows: list[dict[str, Any]]) -> list[Question]:
         try:
             question = task.build(row)
         except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise ValueError(
+            raise EvalError(
                 f"task {task.name!r}: row {index} does not fit the template ({type(e).__name__}: {e})"
             ) from None
         if not 0 <= question.label < len(question.candidates):
-            raise ValueError(f"task {task.name!r}: row {index} has label {question.label} out of range")
+            raise EvalError(f"task {task.name!r}: row {index} has label {question.label} out of range")
         questions.append(question)
     return questions
 
@@ -81,7 +82,7 @@ def prepare_task(task: Task, rows: list[dict[str, Any]], tokenizer: Tokenizer) -
         for c_index, candidate in enumerate(question.candidates):
             continuation = encode(candidate.continuation)
             if not continuation:
-                raise ValueError(
+                raise EvalError(
                     f"task {task.name!r}: row {q_index} has a continuation that tokenizes to nothing: "
                     f"{candidate.continuation!r}"
                 )

@@ -15,6 +15,7 @@ from typing import Any
 from jax.sharding import Mesh
 
 from olmo_jax.config import EvalConfig
+from olmo_jax.errors import EvalError
 from olmo_jax.eval.downstream import PreparedTask, TaskResult, Tokenizer, prepare_task, score_task
 from olmo_jax.eval.perplexity import PreparedTextSet, find_text_sets, prepare_text_set, score_text_sets
 from olmo_jax.eval.scoring import RateReporter, Scorer
@@ -71,7 +72,7 @@ class Evaluator:
         save_requests: bool = False,
     ):
         if limit is not None and limit <= 0:
-            raise ValueError(f"limit must be positive, got {limit}")
+            raise EvalError(f"limit must be positive, got {limit}")
         self.max_length = max_length
         self.save_requests = save_requests
         self.pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
@@ -84,6 +85,22 @@ class Evaluator:
             for text_set in find_text_sets(path, ppl_split)
         ]
         self.scorer: Scorer | None = None  # kept between runs: its compiled programs are reused
+
+    @classmethod
+    def from_config(
+        cls, tokenizer: Tokenizer, config: EvalConfig, max_length: int, *, save_requests: bool = False
+    ) -> Evaluator:
+        """The evaluator of an `evaluation` config section: the same fields offline and in-loop."""
+        return cls(
+            tokenizer,
+            resolve_tasks(config.tasks),
+            max_length,
+            data_dir=config.data_dir,
+            limit=config.limit,
+            ppl_paths=config.ppl_paths,
+            ppl_split=config.ppl_split,
+            save_requests=save_requests,
+        )
 
     def _scorer_for(self, model: OLMo, batch_size: int, mesh: Mesh | None) -> Scorer:
         """The kept scorer, pointed at `model`'s current weights (rebuilt if batch size or mesh change)."""
@@ -134,13 +151,8 @@ def evaluate_in_loop(
         _IN_LOOP.update(
             key=key,
             tokenizer=tokenizer,
-            evaluator=Evaluator(
-                tokenizer,
-                resolve_tasks(eval_config.tasks),
-                model.config.max_sequence_length,
-                data_dir=eval_config.data_dir,
-                limit=eval_config.limit,
-                ppl_paths=eval_config.ppl_paths,
+            evaluator=Evaluator.from_config(
+                tokenizer, eval_config, eval_config.max_length or model.config.max_sequence_length
             ),
         )
     return _IN_LOOP["evaluator"].run(model, eval_config.batch_size, mesh).flat_metrics()

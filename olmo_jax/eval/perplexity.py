@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from olmo_jax.errors import EvalError
 from olmo_jax.eval.downstream import Tokenizer
 from olmo_jax.eval.scoring import Request, Scorer
 
@@ -55,10 +56,10 @@ def find_text_sets(path: str | Path, split: str = "val") -> list[TextSet]:
     if path.is_file():
         domain = _strip_suffix(path.name)
         if domain is None:
-            raise ValueError(f"--ppl file {path} is not JSON lines (expected one of {', '.join(SUFFIXES)})")
+            raise EvalError(f"--ppl file {path} is not JSON lines (expected one of {', '.join(SUFFIXES)})")
         return [TextSet(domain, domain, path)]
     if not path.is_dir():
-        raise ValueError(f"--ppl path {path} does not exist")
+        raise EvalError(f"--ppl path {path} does not exist")
     found = []
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         domain = _strip_suffix(file.name)
@@ -75,7 +76,7 @@ def find_text_sets(path: str | Path, split: str = "val") -> list[TextSet]:
             source = path.parent.name if path.name in SPLIT_NAMES else path.name
         found.append(TextSet(source, domain, file))
     if not found:
-        raise ValueError(
+        raise EvalError(
             f"no text sets under {path}: expected <source>/{split}/<domain>.jsonl.gz files "
             "(Paloma's layout) or JSON-lines files with a 'text' field"
         )
@@ -93,12 +94,12 @@ def read_texts(path: Path) -> list[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                raise EvalError(f"{path}:{number}: not valid JSON ({e.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{number}: expected an object with a string 'text' field")
+                raise EvalError(f"{path}:{number}: expected an object with a string 'text' field")
             texts.append(record["text"])
     if not texts:
-        raise ValueError(f"{path} holds no documents")
+        raise EvalError(f"{path} holds no documents")
     return texts
 
 
@@ -135,7 +136,7 @@ def prepare_text_set(
         tokens += len(ids)
         n_bytes += len(text.encode("utf-8"))
     if tokens == 0:
-        raise ValueError(f"{text_set.path}: the documents hold no text to score")
+        raise EvalError(f"{text_set.path}: the documents hold no text to score")
     return PreparedTextSet(text_set, requests, len(texts), tokens, n_bytes)
 
 

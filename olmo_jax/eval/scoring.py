@@ -31,6 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from olmo_jax import sharding
+from olmo_jax.errors import EvalError
 from olmo_jax.model import OLMo
 
 MAX_TARGETS_PER_ROW = 16
@@ -82,7 +83,7 @@ def model_input(request: Request, max_length: int) -> tuple[tuple[int, ...], int
     only its last `max_length` tokens.
     """
     if not request.context or not request.continuation:
-        raise ValueError(f"a request needs a non-empty context and continuation, got {request}")
+        raise EvalError(f"a request needs a non-empty context and continuation, got {request}")
     full = request.context + request.continuation
     truncated = len(full) - 1 > max_length
     if truncated:
@@ -134,9 +135,9 @@ class Scorer:
 
     def __init__(self, model: OLMo, max_length: int, batch_size: int, mesh: Mesh | None = None, pad_token_id: int = 0):
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise EvalError(f"batch_size must be positive, got {batch_size}")
         if max_length <= 1:
-            raise ValueError(f"max_length must be at least 2, got {max_length}")
+            raise EvalError(f"max_length must be at least 2, got {max_length}")
         self.max_length = max_length
         self.mesh = mesh
         self.requested_batch_size = batch_size

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from olmo_jax.errors import EvalError
 from olmo_jax.eval.tasks import Task
 
 
@@ -46,14 +47,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                raise EvalError(f"{path}:{number}: not valid JSON ({e.msg})") from None
     return rows
 
 
 def read_save_to_disk(directory: Path) -> list[dict[str, Any]]:
     """Rows of a `datasets.Dataset.save_to_disk` directory, read with pyarrow's IPC stream reader."""
     if importlib.util.find_spec("pyarrow") is None:
-        raise ValueError(
+        raise EvalError(
             f"reading {directory} (datasets.save_to_disk layout) needs pyarrow: `pip install pyarrow`, "
             "or point --data_dir at the JSON-lines copy (<task>.validation.jsonl)"
         )
@@ -65,7 +66,7 @@ def read_save_to_disk(directory: Path) -> list[dict[str, Any]]:
     else:
         files = sorted(directory.glob("*.arrow"))
     if not files:
-        raise ValueError(f"{directory} holds no .arrow files (expected a datasets.save_to_disk directory)")
+        raise EvalError(f"{directory} holds no .arrow files (expected a datasets.save_to_disk directory)")
     rows: list[dict[str, Any]] = []
     for file in files:
         with pa.memory_map(str(file)) as source:
@@ -80,7 +81,7 @@ def _load_from_hub(task: Task) -> list[dict[str, Any]]:
         dataset = datasets.load_dataset(task.hf_path, task.hf_name, split=task.split)
     except Exception as e:  # network, cache and dataset-script failures all surface as different types
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(
+        raise EvalError(
             f"datasets.load_dataset({task.hf_path!r}, {task.hf_name!r}) failed ({first_line}); "
             f"pass --data_dir with {expected_layout(task)}"
         ) from None
@@ -92,12 +93,10 @@ def load_rows(task: Task, data_dir: str | Path | None = None, limit: int | None 
     if data_dir is not None:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
-            raise ValueError(f"--data_dir {data_dir} is not a directory")
+            raise EvalError(f"--data_dir {data_dir} is not a directory")
         found = [c for c in _local_candidates(task, data_dir) if c.exists()]
         if not found:
-            raise ValueError(
-                f"no data for task {task.name!r} in {data_dir}; expected {expected_layout(task, data_dir)}"
-            )
+            raise EvalError(f"no data for task {task.name!r} in {data_dir}; expected {expected_layout(task, data_dir)}")
         if importlib.util.find_spec("pyarrow") is None:  # prefer a copy we can read without pyarrow
             found.sort(key=lambda c: c.is_dir())
         candidate = found[0]
@@ -107,10 +106,10 @@ def load_rows(task: Task, data_dir: str | Path | None = None, limit: int | None 
         rows = _load_from_hub(task)
         where = f"datasets.load_dataset({task.hf_path!r}, {task.hf_name!r}, split={task.split!r})"
     else:
-        raise ValueError(
+        raise EvalError(
             f"no data for task {task.name!r}: pass --data_dir with {expected_layout(task)}, "
             "or install `datasets` to load it from the HF hub"
         )
     if not rows:
-        raise ValueError(f"the dataset for task {task.name!r} at {where} is empty")
+        raise EvalError(f"the dataset for task {task.name!r} at {where} is empty")
     return rows if limit is None else rows[:limit]

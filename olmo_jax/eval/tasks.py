@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from olmo_jax.errors import EvalError
+
 Row = Mapping[str, Any]
 
 # The metrics every task reports. Each scores every candidate, then checks the argmax against the label.
@@ -66,9 +68,9 @@ TASK_GROUPS = {"core9": CORE9}
 def register(task: Task) -> Task:
     """Add `task` to the registry (a name may be registered once)."""
     if task.name in TASKS:
-        raise ValueError(f"task {task.name!r} is already registered")
+        raise EvalError(f"task {task.name!r} is already registered")
     if task.primary_metric not in METRICS:
-        raise ValueError(f"task {task.name!r}: primary_metric {task.primary_metric!r} is not one of {METRICS}")
+        raise EvalError(f"task {task.name!r}: primary_metric {task.primary_metric!r} is not one of {METRICS}")
     TASKS[task.name] = task
     return task
 
@@ -85,7 +87,7 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[Task]:
         for task_name in expanded:
             if task_name not in TASKS:
                 known = ", ".join([*TASK_GROUPS, *sorted(TASKS)])
-                raise ValueError(f"unknown task {task_name!r}; known tasks: {known}")
+                raise EvalError(f"unknown task {task_name!r}; known tasks: {known}")
             if TASKS[task_name] not in tasks:
                 tasks.append(TASKS[task_name])
     return tasks
