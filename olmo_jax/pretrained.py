@@ -14,6 +14,7 @@ from olmo_jax.checkpoint import CheckpointError, read_config, resolve_checkpoint
 from olmo_jax.config import ModelConfig
 from olmo_jax.convert.hf import import_hf
 from olmo_jax.convert.tokenizer_files import find_hf_tokenizer, tokenizer_vocab_size
+from olmo_jax.errors import InputError
 from olmo_jax.model import DTYPES, OLMo
 
 
@@ -33,7 +34,7 @@ class Pretrained:
     def __call__(self, tokens: Any) -> jax.Array:
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(f"tokens must be an integer array [batch, time], got {tokens.dtype}{list(tokens.shape)}")
+            raise InputError(f"tokens must be an integer array [batch, time], got {tokens.dtype}{list(tokens.shape)}")
         return _logits(self.model, tokens.astype(jnp.int32))
 
 
@@ -69,7 +70,7 @@ def from_pretrained(path: str | Path, *, compute_dtype: str | None = None) -> Pr
     """
     path = Path(path)
     if compute_dtype is not None and compute_dtype not in DTYPES:
-        raise ValueError(f"invalid compute_dtype {compute_dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise InputError(f"invalid compute_dtype {compute_dtype!r}; choose one of {', '.join(DTYPES)}")
     if is_hf_dir(path):
         tokenizer_file = find_hf_tokenizer(path)
         vocab_size = tokenizer_vocab_size(tokenizer_file) if tokenizer_file else None

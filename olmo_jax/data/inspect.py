@@ -37,7 +37,7 @@ def inspect_step(pipeline: DataPipeline, step: int, *, decode: bool = False) -> 
     trained on global batch N-1 of the order.
     """
     if step < 1:
-        raise ValueError(f"step must be >= 1 (training steps are numbered from 1, as in metrics.jsonl), got {step}")
+        raise ConfigError(f"--step must be >= 1 (training steps are numbered from 1, as in metrics.jsonl), got {step}")
     cursor = pipeline.cursor_at(step - 1)
     batch = pipeline.batch(cursor)
     if decode and pipeline.tokenizer is None:
