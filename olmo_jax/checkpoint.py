@@ -452,10 +452,6 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: Path, config: TrainConfig, *, tokenizer_identity: str | None = None) -> None:
-        for key in ("save_interval", "save_interval_permanent"):
-            value = getattr(config, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{key} must be a positive number of steps or null, got {value}")
         self.directory = Path(run_dir) / CHECKPOINTS_DIR
         self._interval = config.save_interval
         self._permanent = config.save_interval_permanent

@@ -7,8 +7,11 @@ adjusted with `--config.some.key=value` overrides. Every error names the key at 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.resources
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +21,56 @@ from typing import Any, Literal
 import yaml
 
 from olmo_jax.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------------
+# Validation: each section checks its own fields; every message names the dotted key, the bad value
+# and what is allowed, as the coercion errors below do.
+# --------------------------------------------------------------------------------------------------
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid value {value!r} for {key}; expected {expected}")
+
+
+def _yaml(value: Any) -> str:
+    """`value` as a config file spells it (None is null)."""
+    return "null" if value is None else str(value)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (NaN and infinities are not numbers a run can use; bools are not numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_at_least(key: str, value: Any, minimum: int, *, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    expected = f"an integer >= {minimum}" + (" or null" if nullable else "")
+    _require(_is_int(value) and value >= minimum, key, value, expected)
+
+
+def _positive_int(key: str, value: Any, *, nullable: bool = False) -> None:
+    _int_at_least(key, value, 1, nullable=nullable)
+
+
+def _positive_number(key: str, value: Any, *, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    expected = "a finite number > 0" + (" or null" if nullable else "")
+    _require(_is_number(value) and value > 0, key, value, expected)
+
+
+def _non_negative_number(key: str, value: Any, *, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    expected = "a finite number >= 0" + (" or null" if nullable else "")
+    _require(_is_number(value) and value >= 0, key, value, expected)
+
 
 # --------------------------------------------------------------------------------------------------
 # The dataclasses. Field names follow OLMo's where the concept is the same.
@@ -74,6 +127,11 @@ class ModelConfig:
         return self.embedding_size if self.embedding_size is not None else self.vocab_size
 
     def validate(self) -> None:
+        """Sizes positive; shapes consistent (heads divide d_model, RoPE needs an even head size)."""
+        for name in ("d_model", "n_heads", "n_layers", "mlp_ratio", "vocab_size", "max_sequence_length"):
+            _positive_int(f"model.{name}", getattr(self, name))
+        _int_at_least("model.mlp_hidden_size", self.mlp_hidden_size, 2, nullable=True)
+        _positive_int("model.embedding_size", self.embedding_size, nullable=True)
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}")
         if self.head_dim % 2:
@@ -84,11 +142,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model.embedding_size={self.embedding_size} is smaller than model.vocab_size={self.vocab_size}"
             )
-        for name in ("d_model", "n_heads", "n_layers", "vocab_size", "max_sequence_length"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if self.clip_qkv is not None and self.clip_qkv <= 0:
-            raise ConfigError(f"model.clip_qkv must be positive or null, got {self.clip_qkv}")
+        _positive_number("model.rope_theta", self.rope_theta)
+        _positive_number("model.clip_qkv", self.clip_qkv, nullable=True)
+        _positive_number("model.layer_norm_eps", self.layer_norm_eps)
+        _positive_number("model.init_std", self.init_std)
+        _positive_number("model.init_cutoff_factor", self.init_cutoff_factor, nullable=True)
 
 
 @dataclass
@@ -102,6 +160,15 @@ class OptimizerConfig:
     eps: float = 1e-5
     decay_norm_and_bias: bool = False
     decay_embeddings: bool = False
+
+    def validate(self) -> None:
+        """AdamW's hyperparameters in the ranges where its update is defined (betas < 1: the bias correction
+        divides by 1 - beta^t)."""
+        _positive_number("optimizer.learning_rate", self.learning_rate)
+        _non_negative_number("optimizer.weight_decay", self.weight_decay)
+        for i, beta in enumerate(self.betas):
+            _require(_is_number(beta) and 0 <= beta < 1, f"optimizer.betas[{i}]", beta, "a number in [0, 1)")
+        _positive_number("optimizer.eps", self.eps)
 
 
 @dataclass
@@ -119,6 +186,31 @@ class SchedulerConfig:
     # The paper's final anneal: LR goes linearly from the schedule's value to 0 over the last K steps.
     anneal_steps: int = 0
 
+    def validate(self) -> None:
+        """The schedule's times, floor and clip warmup. Warmup may not outlast an explicit `t_max`: past
+        `t_max` the schedule sits at its floor, so the LR would climb towards the peak and then drop."""
+        _int_at_least("scheduler.t_warmup", self.t_warmup, 0)
+        _positive_int("scheduler.t_max", self.t_max, nullable=True)
+        if self.t_max is not None and self.t_warmup > self.t_max:
+            raise ConfigError(
+                f"scheduler.t_warmup={self.t_warmup} is longer than scheduler.t_max={self.t_max}; "
+                "expected t_warmup <= t_max"
+            )
+        _require(
+            _is_number(self.alpha_f) and 0 <= self.alpha_f <= 1, "scheduler.alpha_f", self.alpha_f, "a number in [0, 1]"
+        )
+        _non_negative_number("scheduler.warmup_min_lr", self.warmup_min_lr, nullable=True)
+        steps, factor = self.grad_clip_warmup_steps, self.grad_clip_warmup_factor
+        if (steps is None) != (factor is None):
+            raise ConfigError(
+                f"scheduler.grad_clip_warmup_steps={_yaml(steps)} and "
+                f"scheduler.grad_clip_warmup_factor={_yaml(factor)}: expected both set (the clip limit is factor "
+                "x larger for that many steps) or both null"
+            )
+        _positive_int("scheduler.grad_clip_warmup_steps", steps, nullable=True)
+        _positive_number("scheduler.grad_clip_warmup_factor", factor, nullable=True)
+        _int_at_least("scheduler.anneal_steps", self.anneal_steps, 0)
+
 
 @dataclass
 class BatchSizeWarmupConfig:
@@ -127,6 +219,12 @@ class BatchSizeWarmupConfig:
     enabled: bool = False
     start_instances: int = 1024
     double_every_tokens: int = 100_000_000_000
+
+    def validate(self) -> None:
+        """When enabled: a positive starting batch that doubles after a positive number of tokens."""
+        if self.enabled:
+            _positive_int("batch_size_warmup.start_instances", self.start_instances)
+            _positive_int("batch_size_warmup.double_every_tokens", self.double_every_tokens)
 
 
 @dataclass
@@ -148,6 +246,25 @@ class DataConfig:
     # The built-in corpus used when no paths are given (the offline default run).
     builtin_corpus: bool = True
 
+    def validate(self) -> None:
+        """Where the tokens come from (one of paths, sources, the built-in corpus) and how they are read.
+
+        Whether the files exist and what the sources' weights are is checked where the files are opened.
+        """
+        if self.paths and self.sources:
+            raise ConfigError(
+                "data.paths and data.sources are both set; expected one of them (give the paths as sources)"
+            )
+        if not self.paths and not self.sources and not self.builtin_corpus:
+            raise ConfigError(
+                "no training data: data.paths and data.sources are empty and data.builtin_corpus=false; "
+                "expected data.paths (token files, globs welcome), data.sources or data.builtin_corpus=true"
+            )
+        _positive_int("data.sequence_length", self.sequence_length, nullable=True)
+        _int_at_least("data.seed", self.seed, 0, nullable=True)
+        _int_at_least("data.prefetch", self.prefetch, 0)
+        _int_at_least("data.num_workers", self.num_workers, 0)
+
 
 @dataclass
 class TokenizerConfig:
@@ -164,6 +281,20 @@ class MeshConfig:
     fsdp: int = -1
     tensor: int = 1
 
+    def validate(self) -> None:
+        """Each size positive or -1, at most one -1; whether they fit the devices is `sharding.mesh_shape`'s check."""
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        for name, size in sizes.items():
+            _require(
+                _is_int(size) and (size >= 1 or size == -1),
+                f"mesh.{name}",
+                size,
+                "an integer >= 1, or -1 (what the other sizes leave)",
+            )
+        if list(sizes.values()).count(-1) > 1:
+            given = " ".join(f"{k}={v}" for k, v in sizes.items())
+            raise ConfigError(f"mesh sizes {given}: expected at most one of mesh.data/fsdp/tensor to be -1")
+
 
 @dataclass
 class EvalConfig:
@@ -176,6 +307,11 @@ class EvalConfig:
     limit: int | None = 200  # questions per task and documents per perplexity domain (None: all)
     batch_size: int = 32  # rows per forward pass
     max_length: int | None = None  # tokens per row; None: the model's max_sequence_length
+
+    def validate(self) -> None:
+        """Positive example limits and batch sizes (null limit: every example)."""
+        _positive_int("evaluation.limit", self.limit, nullable=True)
+        _positive_int("evaluation.batch_size", self.batch_size)
 
 
 @dataclass
@@ -217,6 +353,74 @@ class TrainConfig:
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+
+    def validate(self) -> None:
+        """Every check that needs neither devices nor data, so that a dry run rejects what a run would.
+
+        What depends on the devices (the batch dividing over the mesh and the micro-batches) is
+        `train.validate`'s; what depends on the token files is checked where they are opened.
+        """
+        for section in (
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.data,
+            self.mesh,
+            self.evaluation,
+            self.batch_size_warmup,
+        ):
+            section.validate()
+        # jax.random.key takes a signed 64-bit seed; the data order's PCG64 a non-negative one.
+        _require(_is_int(self.seed) and 0 <= self.seed < 2**63, "seed", self.seed, "an integer in 0..2**63-1")
+        _positive_int("global_train_batch_size", self.global_train_batch_size)
+        _positive_int("device_train_microbatch_size", self.device_train_microbatch_size, nullable=True)
+        parse_duration(self.max_duration)
+        _positive_number("max_grad_norm", self.max_grad_norm, nullable=True)
+        _non_negative_number("auxiliary_loss_multiplier", self.auxiliary_loss_multiplier)
+        _positive_int("loss_chunk_size", self.loss_chunk_size, nullable=True)
+        _positive_int("save_interval", self.save_interval, nullable=True)
+        _positive_int("save_interval_permanent", self.save_interval_permanent, nullable=True)
+        # save_num_checkpoints_to_keep: any integer; 0 or less keeps every checkpoint (OLMo's -1).
+        _positive_number("time_limit", self.time_limit, nullable=True)
+        _positive_int("eval_interval", self.eval_interval, nullable=True)
+        _positive_int("log_interval", self.log_interval)
+        _int_at_least("max_nonfinite_steps", self.max_nonfinite_steps, 0)
+        _positive_number("peak_flops_per_device", self.peak_flops_per_device, nullable=True)
+        _positive_int("num_processes", self.num_processes, nullable=True)
+        _int_at_least("process_id", self.process_id, 0, nullable=True)
+        if self.num_processes is not None and self.process_id is not None and self.process_id >= self.num_processes:
+            raise ConfigError(
+                f"invalid value {self.process_id} for process_id; expected 0..{self.num_processes - 1} "
+                f"(num_processes={self.num_processes})"
+            )
+        if self.coordinator_address is not None:
+            host, _, port = self.coordinator_address.rpartition(":")
+            _require(
+                bool(host) and port.isdigit(), "coordinator_address", self.coordinator_address, "HOST:PORT or null"
+            )
+        seq = self.data.sequence_length
+        if seq is not None and seq > self.model.max_sequence_length:
+            longest = self.model.max_sequence_length
+            raise ConfigError(
+                f"data.sequence_length={seq} is longer than model.max_sequence_length={longest}; expected <= {longest}"
+            )
+
+
+_DURATION = re.compile(r"^\s*([0-9.eE+]+)\s*(T|tokens|ep|steps)?\s*$")
+_DURATION_FORMS = "N (steps, a whole number), NT (tokens) or Nep (epochs), N finite and > 0"
+
+
+def parse_duration(max_duration: str) -> tuple[float, str]:
+    """OLMo's `max_duration`: "1000" (steps), "2e12T" (tokens) or "1ep" (epochs) -> (amount, unit)."""
+    match = _DURATION.match(str(max_duration))
+    amount, unit = math.nan, "steps"
+    if match:
+        with contextlib.suppress(ValueError):  # "1e" and "1.2.3" fit the pattern, not float()
+            amount = float(match.group(1))
+        unit = {"T": "tokens", "tokens": "tokens", "ep": "epochs"}.get(match.group(2) or "", "steps")
+    ok = math.isfinite(amount) and amount > 0 and (unit != "steps" or amount.is_integer())
+    _require(ok, "max_duration", max_duration, _DURATION_FORMS)
+    return amount, unit
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,7 +611,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_config(name_or_path: str, overrides: dict[str, str] | None = None) -> TrainConfig:
-    """Resolve `--config=NAME|PATH` and apply `--config.key=value` overrides.
+    """Resolve `--config=NAME|PATH`, apply `--config.key=value` overrides and validate the result.
 
     A path whose YAML is an original OLMo config (it has OLMo-only keys such as `precision`, `fsdp` or
     `model.block_type`) is translated by `olmo_jax.olmo_yaml`.
@@ -434,7 +638,7 @@ def load_config(name_or_path: str, overrides: dict[str, str] | None = None) -> T
         config = from_dict(TrainConfig, data)
     for key, value in (overrides or {}).items():
         apply_override(config, key, value)
-    config.model.validate()
+    config.validate()
     return config
 
 

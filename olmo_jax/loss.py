@@ -23,7 +23,6 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from olmo_jax.errors import ConfigError
 from olmo_jax.sharding import BATCH_AXES, LOGICAL_RULES
 
 VOCAB_AXIS = LOGICAL_RULES["vocab"]  # the mesh axis that may split the vocabulary
@@ -51,8 +50,6 @@ def loss_terms(
         ce = jnp.sum(log_z - label_logits) / denominator
         z_loss = jnp.sum(jnp.square(log_z)) / denominator
         return ce, z_loss
-    if chunk <= 0:
-        raise ConfigError(f"loss_chunk_size must be a positive number of tokens or null, got {chunk}")
     ce_sum, z_sum = chunked_loss_sums(model.hidden_states(tokens), model.head_weight(), tokens, chunk)
     return ce_sum / denominator, z_sum / denominator
 

@@ -39,12 +39,9 @@ LOGICAL_RULES: dict[str, str | None] = {
 
 
 def mesh_shape(mesh_config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
-    """Resolve a -1 entry and check that the sizes multiply to the device count."""
+    """Resolve a -1 entry and check that the sizes multiply to the device count (`MeshConfig.validate` has
+    checked each size and that at most one is -1)."""
     sizes = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
-    if sizes.count(-1) > 1:
-        raise ConfigError(f"mesh: at most one of data/fsdp/tensor may be -1, got {sizes}")
-    if any(s == 0 or s < -1 for s in sizes):
-        raise ConfigError(f"mesh sizes must be positive or -1, got data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:

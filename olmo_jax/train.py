@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import re
 import signal
 import threading
 import time
@@ -31,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from olmo_jax import atomic, sharding
 from olmo_jax.checkpoint import CHECKPOINTS_DIR, Checkpointer, TrainCheckpoint, TrainMeta, starting_checkpoint
-from olmo_jax.config import TrainConfig, flatten, to_dict
+from olmo_jax.config import TrainConfig, flatten, parse_duration, to_dict
 from olmo_jax.errors import ConfigError, NonFiniteLossError
 from olmo_jax.loss import loss_terms
 from olmo_jax.model import OLMo, flops_per_token
@@ -79,18 +78,15 @@ def micro_batches(config: TrainConfig, global_batch_size: int, batch_shards: int
     return per_device // micro
 
 
-def validate(config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
-    """Checks that must fail before anything compiles."""
-    config.model.validate()
+def validate(config: TrainConfig, mesh: jax.sharding.Mesh) -> int:
+    """The checks that need the mesh (the config's own are `TrainConfig.validate`'s, run when it is loaded):
+    every global batch size the run has divides over the batch shards and micro-batches. Returns the
+    number of micro-batches of a full global batch."""
     shards = sharding.batch_shards(mesh)
-    micro_batches(config, config.global_train_batch_size, shards)
     if config.batch_size_warmup.enabled:
-        micro_batches(config, config.batch_size_warmup.start_instances, shards)
-    seq = sequence_length(config)
-    if seq > config.model.max_sequence_length:
-        raise ConfigError(
-            f"data.sequence_length={seq} is longer than model.max_sequence_length={config.model.max_sequence_length}"
-        )
+        # Batch-size warmup doubles its first size up to the full batch: that size dividing is enough.
+        micro_batches(config, min(config.batch_size_warmup.start_instances, config.global_train_batch_size), shards)
+    return micro_batches(config, config.global_train_batch_size, shards)
 
 
 def sequence_length(config: TrainConfig) -> int:
@@ -99,7 +95,7 @@ def sequence_length(config: TrainConfig) -> int:
 
 def build(config: TrainConfig, mesh: jax.sharding.Mesh) -> TrainSetup:
     """Model graph, optimizer and state shardings for `config` on `mesh` (nothing is allocated)."""
-    validate(config, mesh)
+    micro = validate(config, mesh)
     abstract_model = nnx.eval_shape(lambda: OLMo(config.model, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     params_shardings = sharding.param_shardings(abstract_params, mesh)
@@ -112,7 +108,6 @@ def build(config: TrainConfig, mesh: jax.sharding.Mesh) -> TrainSetup:
         opt_state=sharding.tree_shardings_like(abstract_opt, params_shardings, mesh),
         nonfinite_steps=replicated,
     )
-    micro = micro_batches(config, config.global_train_batch_size, sharding.batch_shards(mesh))
     return TrainSetup(config, mesh, graphdef, optimizer, state_shardings, micro)
 
 
@@ -219,23 +214,6 @@ def jit_train_step(setup: TrainSetup):
 # Run length
 # --------------------------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*([0-9.eE+]+)\s*(T|tokens|ep|steps)?\s*$")
-
-
-def parse_duration(max_duration: str) -> tuple[float, str]:
-    """OLMo's `max_duration`: "1000" (steps), "2e12T" (tokens) or "1ep" (epochs) -> (amount, unit)."""
-    match = _DURATION.match(str(max_duration))
-    if not match:
-        raise ConfigError(f"max_duration={max_duration!r} is not N (steps), NT (tokens) or Nep (epochs)")
-    try:
-        amount = float(match.group(1))
-    except ValueError:
-        raise ConfigError(f"max_duration={max_duration!r} is not a number with an optional unit") from None
-    unit = {"T": "tokens", "tokens": "tokens", "ep": "epochs"}.get(match.group(2) or "", "steps")
-    if amount <= 0:
-        raise ConfigError(f"max_duration={max_duration!r} must be positive")
-    return amount, unit
-
 
 def total_steps(config: TrainConfig, instances_per_epoch: int | None, batch_size_for) -> int:
     """Number of steps the run takes, given each step's global batch size `batch_size_for(tokens_seen)`."""
@@ -319,8 +297,6 @@ class StopRequests:
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, time_limit: float | None) -> None:
-        if time_limit is not None and time_limit <= 0:
-            raise ConfigError(f"time_limit must be a positive number of seconds or null, got {time_limit}")
         self._time_limit = time_limit
         self._deadline = time.monotonic() + time_limit if time_limit else None
         self._signal: str | None = None

@@ -15,7 +15,6 @@ from flax import nnx
 
 from olmo_jax import bench, runtime, sharding, train
 from olmo_jax.config import load_config
-from olmo_jax.errors import ConfigError
 from olmo_jax.loss import loss_terms
 from olmo_jax.model import OLMo, flops_per_token, num_params
 from olmo_jax.monitor import mfu
@@ -278,12 +277,6 @@ def test_chunked_cross_entropy_never_holds_the_whole_logits():
     plain, chunked = temp_bytes(None), temp_bytes(8)
     assert plain >= logits_bytes  # the plain loss holds the logits (and their gradient)
     assert chunked < logits_bytes and chunked < plain / 3
-
-
-def test_chunk_size_must_be_positive():
-    graphdef, params, _ = small_model()
-    with pytest.raises(ConfigError, match="loss_chunk_size must be a positive"):
-        loss_terms(graphdef, params, jnp.zeros((1, 8), jnp.int32), 7, chunk=0)
 
 
 # --------------------------------------------------------------------------------------------------

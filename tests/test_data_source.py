@@ -100,9 +100,3 @@ def test_source_weights_are_sampling_rates(tmp_path):
     again = build_instance_source([], sources, seq_len=1, vocab_size=100, seed=7)
     np.testing.assert_array_equal(again.read(range(25)), source.read(range(25)))
     assert again.identity == source.identity
-
-
-def test_paths_and_sources_together_are_rejected(tmp_path):
-    a = write_tokens(tmp_path / "a.npy", np.arange(4))
-    with pytest.raises(ConfigError, match="not both"):
-        build_instance_source([a], {"x": [a]}, seq_len=2, vocab_size=10)

@@ -132,10 +132,6 @@ def build_train_loader(
     config: TrainConfig, mesh: jax.sharding.Mesh, *, start_state: dict[str, Any] | None = None
 ) -> TrainLoader:
     """The loader `config` describes, starting at the beginning or at `start_state` (from `loader.state()`)."""
-    if config.data.prefetch < 0:
-        raise ConfigError(f"data.prefetch must be >= 0, got {config.data.prefetch}")
-    if config.data.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be >= 0, got {config.data.num_workers}")
     pipeline = build_pipeline(config)
     start = pipeline.cursor_from_state(start_state) if start_state is not None else Cursor()
     return TrainLoader(pipeline, mesh, start, prefetch=config.data.prefetch, threads=max(1, config.data.num_workers))

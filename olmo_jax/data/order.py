@@ -78,12 +78,7 @@ class BatchPlan:
         warmup: BatchSizeWarmupConfig | None = None,
         drop_last: bool = True,
     ) -> None:
-        if global_batch_size <= 0:
-            raise ConfigError(f"global_train_batch_size must be positive, got {global_batch_size}")
         self.warmup = warmup if warmup is not None and warmup.enabled else None
-        if self.warmup is not None:
-            if self.warmup.start_instances <= 0 or self.warmup.double_every_tokens <= 0:
-                raise ConfigError("batch_size_warmup.start_instances and double_every_tokens must be positive")
         if global_batch_size > num_instances:
             raise ConfigError(
                 f"global_train_batch_size={global_batch_size} is larger than the {num_instances} instances "

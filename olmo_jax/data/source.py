@@ -102,8 +102,6 @@ class InstanceSource:
         mix_description: Any = None,
     ) -> None:
         """`mix`, if given, maps each (virtual) instance index to an index of the plain concatenation."""
-        if seq_len <= 0:
-            raise ConfigError(f"the sequence length (data.sequence_length or model.max_sequence_length) is {seq_len}")
         self.files = list(files)
         self.seq_len = seq_len
         self.vocab_size = vocab_size
@@ -237,11 +235,7 @@ def build_instance_source(
     dtype: str | None = None,
     seed: int = 0,
 ) -> InstanceSource:
-    """The instance space of `data.paths` or of the named `data.sources` (exactly one of them must be given)."""
-    if paths and sources:
-        raise ConfigError("give data.paths or data.sources, not both")
-    if not paths and not sources:
-        raise ConfigError("no training data: set data.paths (token files, globs welcome) or data.sources")
+    """The instance space of `data.paths` or of the named `data.sources` (`DataConfig.validate` allows one)."""
     file_dtype = token_dtype(vocab_size, dtype)
     if paths:
         files = [open_token_file(p, file_dtype) for p in expand_paths(paths)]
