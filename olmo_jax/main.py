@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jax
 
-from olmo_jax import distributed, sharding, train
+from olmo_jax import distributed, loop, sharding, train
 from olmo_jax.config import TrainConfig, load_config, preset_names, split_config_args
 from olmo_jax.errors import ConfigError
 from olmo_jax.runtime import configure_xla
@@ -134,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             if is_writer:
                 print_dry_run(report)
             return 0
-        train.fit(config, run_dir)
+        loop.fit(config, run_dir)
         return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return distributed.exit_after_failure(2)
-    except train.NonFiniteLossError as e:
+    except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return distributed.exit_after_failure(1)
     except Exception:
