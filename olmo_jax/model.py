@@ -32,7 +32,7 @@ DTYPES: dict[str, np.dtype] = {
     "bfloat16": np.dtype(jnp.bfloat16),
     "float16": np.dtype(jnp.float16),
 }
-# The ones parameters are stored in (checkpoints, HF safetensors): fp16's range is too narrow for weights.
+# The ones parameters may be stored in (`param_dtype`, checkpoints, HF safetensors); float16 is for compute only.
 PARAM_DTYPES: dict[str, np.dtype] = {name: DTYPES[name] for name in ("float32", "bfloat16")}
 
 # jax.checkpoint policies by name; "none" means no rematerialisation at all.

@@ -99,7 +99,7 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...]:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Global batch [B, T]: rows over (data, fsdp), replicated over tensor."""
+    """Global batch [B, T]: rows over the batch axes (data, fsdp), replicated over the others (tensor)."""
     return NamedSharding(mesh, PartitionSpec(batch_axes(mesh) or None, None))
 
 
