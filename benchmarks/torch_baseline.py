@@ -32,7 +32,6 @@ from olmo_jax.bench import (
     emit,
     make_record,
     progress,
-    sequence_length,
 )
 from olmo_jax.config import TrainConfig
 from olmo_jax.convert.hf import hf_config_dict
@@ -107,7 +106,7 @@ def run(config: TrainConfig, args: argparse.Namespace, device: torch.device, lab
         torch.set_float32_matmul_precision("high")
 
     torch.manual_seed(config.seed)
-    seq = sequence_length(config)
+    seq = config.sequence_length
     batch = config.global_train_batch_size
     micro = config.device_train_microbatch_size or batch
     if batch % micro:

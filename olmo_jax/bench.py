@@ -28,12 +28,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from olmo_jax import atomic, cli, sharding, train
 from olmo_jax.config import TrainConfig, load_config, preset_names
 from olmo_jax.errors import ConfigError
-from olmo_jax.model import DTYPES, attention_implementation, flops_per_token
+from olmo_jax.model import DTYPES, attention_implementation, flops_per_token, num_params
 from olmo_jax.monitor import mfu, peak_flops_per_device
 from olmo_jax.runtime import configure_xla
 from olmo_jax.sharding import mesh_shape
@@ -137,10 +136,6 @@ def bench_config(config_name: str, overrides: dict[str, str], num_devices: int, 
     return config
 
 
-def sequence_length(config: TrainConfig) -> int:
-    return config.data.sequence_length or config.model.max_sequence_length
-
-
 def peak_memory_bytes(devices: Iterable[Any]) -> int | None:
     """Largest peak allocation over `devices` from `memory_stats()` (GPUs), or None where not reported (CPUs)."""
     peaks = []
@@ -172,7 +167,7 @@ def make_record(
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     """The result record both benchmarks print: throughput and MFU derived one way for both."""
-    seq = sequence_length(config)
+    seq = config.sequence_length
     tokens_per_second = config.global_train_batch_size * seq / step_time_s
     per_device = tokens_per_second / num_devices
     return {
@@ -204,7 +199,7 @@ def run(config: TrainConfig, *, label: str, steps: int, warmup_steps: int, xla_f
     """Compile and time the train step of `config` on synthetic tokens over all devices; return the record."""
     mesh = sharding.make_mesh(config.mesh)
     setup = train.build(config, mesh)
-    seq = sequence_length(config)
+    seq = config.sequence_length
     batch_shape = (config.global_train_batch_size, seq)
     progress(f"bench: {label}: {dict(mesh.shape)} mesh, global batch {batch_shape[0]} x {seq} tokens, initialising")
     state = train.init_state(setup, config.seed)
@@ -248,7 +243,7 @@ def run(config: TrainConfig, *, label: str, steps: int, warmup_steps: int, xla_f
         config=config,
         device_kind=device.device_kind,
         num_devices=jax.device_count(),
-        num_params=sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)),
+        num_params=num_params(config.model),
         flops_per_token=flops_per_token(config.model, seq),
         peak_flops=config.peak_flops_per_device or peak_flops_per_device(device),
         compile_time_s=compile_time,

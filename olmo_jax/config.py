@@ -354,6 +354,11 @@ class TrainConfig:
     num_processes: int | None = None
     process_id: int | None = None
 
+    @property
+    def sequence_length(self) -> int:
+        """Tokens per training instance: `data.sequence_length`, else `model.max_sequence_length` (as OLMo)."""
+        return self.data.sequence_length or self.model.max_sequence_length
+
     def validate(self) -> None:
         """Every check that needs neither devices nor data, so that a dry run rejects what a run would.
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jax
 
-from olmo_jax import cli, distributed, sharding, train
+from olmo_jax import cli, distributed, loop, sharding, train
 from olmo_jax.config import TrainConfig, load_config, preset_names
 from olmo_jax.errors import ConfigError
 from olmo_jax.runtime import configure_xla
@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace, config_name: str, overrides: dict[str, str]) 
         if is_writer:
             print_dry_run(report)
         return 0
-    train.fit(config, run_dir)
+    loop.fit(config, run_dir)
     return 0
 
 

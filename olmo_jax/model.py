@@ -20,11 +20,20 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from olmo_jax.config import ModelConfig
+from olmo_jax.sharding import BATCH_AXES
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Floating-point dtypes by the names configs, checkpoints and command lines use. Any may be a compute dtype.
+DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(jnp.float32),
+    "bfloat16": np.dtype(jnp.bfloat16),
+    "float16": np.dtype(jnp.float16),
+}
+# The ones parameters may be stored in (`param_dtype`, checkpoints, HF safetensors); float16 is for compute only.
+PARAM_DTYPES: dict[str, np.dtype] = {name: DTYPES[name] for name in ("float32", "bfloat16")}
 
 # jax.checkpoint policies by name; "none" means no rematerialisation at all.
 REMAT_POLICIES = {
@@ -105,9 +114,9 @@ def constrain_activations(x: jax.Array) -> jax.Array:
     dimension instead, replicating the batch on every device.
     """
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not {"data", "fsdp"} <= set(mesh.axis_names):
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
         return x
-    spec = jax.sharding.PartitionSpec(("data", "fsdp"), *([None] * (x.ndim - 1)))
+    spec = jax.sharding.PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, spec)
 
 
@@ -195,10 +204,19 @@ class OLMo(nnx.Module):
         return self.logits(self.hidden_states(tokens))
 
 
+def abstract_model(config: ModelConfig) -> OLMo:
+    """The model with `jax.ShapeDtypeStruct`s for weights: shapes, dtypes and axis names, nothing allocated."""
+    return nnx.eval_shape(lambda: OLMo(config, rngs=nnx.Rngs(0)))
+
+
+def abstract_params(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
+    """{parameter name: ShapeDtypeStruct}, the pure-dict layout of checkpoints and the train state."""
+    return nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
+
+
 def num_params(config: ModelConfig) -> int:
     """Parameter count from abstract shapes (nothing is allocated)."""
-    abstract = nnx.eval_shape(lambda: OLMo(config, rngs=nnx.Rngs(0)))
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    return sum(math.prod(leaf.shape) for leaf in abstract_params(config).values())
 
 
 def flops_per_token(config: ModelConfig, seq_len: int | None = None) -> float:

@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,49 @@ def mfu(tokens_per_second_per_device: float, flops_per_token: float, peak_flops:
     if not peak_flops:
         return None
     return tokens_per_second_per_device * flops_per_token / peak_flops
+
+
+class Meter:
+    """Throughput since the previous measurement: tokens/s over all devices and per device, seconds per
+    step, and MFU. Due every `interval` steps; each `measure` covers the steps since the one before it (the
+    first, the steps since the meter was made, compilation included)."""
+
+    def __init__(
+        self,
+        interval: int,
+        *,
+        step: int,
+        tokens_seen: int,
+        flops_per_token: float,
+        peak_flops: float | None,
+        num_devices: int,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.interval = interval
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.num_devices = num_devices
+        self._clock = clock
+        self._time, self._step, self._tokens = clock(), step, tokens_seen
+
+    def is_due(self, step: int) -> bool:
+        """Whether step `step` is one to log."""
+        return step % self.interval == 0
+
+    def measure(self, step: int, tokens_seen: int) -> dict[str, float | None]:
+        """The rates from the previous measurement to now, when `step` is done and `tokens_seen` trained on."""
+        now = self._clock()
+        seconds = now - self._time
+        tokens_per_second = (tokens_seen - self._tokens) / seconds
+        per_device = tokens_per_second / self.num_devices
+        measured = {
+            "tokens_per_second": tokens_per_second,
+            "step_time": seconds / (step - self._step),
+            "tokens_per_second_per_device": per_device,
+            "mfu": mfu(per_device, self.flops_per_token, self.peak_flops),
+        }
+        self._time, self._step, self._tokens = now, step, tokens_seen
+        return measured
 
 
 def format_duration(seconds: float) -> str:

@@ -15,7 +15,7 @@ from olmo_jax.config import ModelConfig
 from olmo_jax.convert.hf import import_hf
 from olmo_jax.convert.tokenizer_files import find_hf_tokenizer, tokenizer_vocab_size
 from olmo_jax.errors import InputError
-from olmo_jax.model import DTYPES, OLMo
+from olmo_jax.model import DTYPES, OLMo, abstract_model
 
 
 @nnx.jit
@@ -45,8 +45,7 @@ def is_hf_dir(path: Path) -> bool:
 
 def build_model(config: ModelConfig, params: dict[str, Any]) -> OLMo:
     """An OLMo holding `params` (a pure dict, numpy or jax); `params` is emptied as arrays move to device."""
-    abstract = nnx.eval_shape(lambda: OLMo(config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
+    graphdef, state = nnx.split(abstract_model(config))
     expected = nnx.to_pure_dict(state)
     if set(params) != set(expected):
         raise CheckpointError(f"parameters {sorted(params)} do not match the model's {sorted(expected)}")

@@ -90,9 +90,14 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh) -> dict[str, NamedSha
     }
 
 
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes that split the batch: those of `BATCH_AXES` the mesh has."""
+    return tuple(axis for axis in BATCH_AXES if axis in mesh.axis_names)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Global batch [B, T]: rows over (data, fsdp), replicated over tensor."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, None))
+    """Global batch [B, T]: rows over the batch axes (data, fsdp), replicated over the others (tensor)."""
+    return NamedSharding(mesh, PartitionSpec(batch_axes(mesh) or None, None))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -101,7 +106,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_shards(mesh: Mesh) -> int:
     """How many ways the batch dimension is split."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+    return math.prod(mesh.shape[axis] for axis in batch_axes(mesh))
 
 
 def tree_shardings_like(tree: Any, params_shardings: dict[str, NamedSharding], mesh: Mesh) -> Any:

@@ -351,7 +351,7 @@ def test_gpu_session_script_commands_all_parse_and_load_their_configs():
             frameworks.append("torch")
         _, config_name, overrides = parse(argv)
         config = bench.bench_config(config_name, overrides, num_devices=1, micro_batches=1)
-        assert bench.sequence_length(config) == 2048, line
+        assert config.sequence_length == 2048, line
     assert frameworks.count("torch") == 1 and frameworks.count("jax") >= 5
 
 

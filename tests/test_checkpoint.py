@@ -30,15 +30,9 @@ from olmo_jax.checkpoint import (
     write_params_checkpoint,
 )
 from olmo_jax.config import MeshConfig, load_config
-from olmo_jax.train import (
-    NonFiniteLossError,
-    abstract_state,
-    build,
-    fit,
-    init_state,
-    jit_train_step,
-    state_from_checkpoint,
-)
+from olmo_jax.errors import NonFiniteLossError
+from olmo_jax.loop import fit, state_from_checkpoint
+from olmo_jax.train import abstract_state, build, init_state, jit_train_step
 
 # tiny's model on short sequences and small batches: quick on 2 CPU cores, 8 fake devices included.
 SMALL = {"data.sequence_length": "32", "global_train_batch_size": "8", "log_interval": "1"}

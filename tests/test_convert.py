@@ -22,11 +22,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
+from hf_support import host_params, to_transformers  # noqa: E402
+
 import olmo_jax  # noqa: E402
 from olmo_jax.checkpoint import read_checkpoint_metadata, read_config, write_params_checkpoint  # noqa: E402
 from olmo_jax.config import ModelConfig, TokenizerConfig, TrainConfig  # noqa: E402
 from olmo_jax.convert.__main__ import build_parser, main  # noqa: E402
-from olmo_jax.convert.hf import host_params, to_transformers  # noqa: E402
 from olmo_jax.data.tokenizer import load_tokenizer  # noqa: E402
 from olmo_jax.model import OLMo  # noqa: E402
 from olmo_jax.pretrained import build_model  # noqa: E402

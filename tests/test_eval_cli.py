@@ -46,8 +46,9 @@ def test_bad_flags_exit_2_with_a_one_line_error(capsys, argv, message):
 def hf_dir(tmp_path_factory):
     """A tiny random OLMo written as an HF directory (config.json, safetensors, tokenizer.json)."""
     from flax import nnx
+    from hf_support import host_params
 
-    from olmo_jax.convert.hf import export_hf, host_params
+    from olmo_jax.convert.hf import export_hf
     from olmo_jax.data.tokenizer import load_tokenizer
     from olmo_jax.model import OLMo
 

@@ -61,8 +61,8 @@ def test_windows_cover_every_token_once_after_eos():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from flax import nnx
+    from hf_support import to_transformers
 
-    from olmo_jax.convert.hf import to_transformers
     from olmo_jax.data.tokenizer import load_tokenizer
     from olmo_jax.model import OLMo
 

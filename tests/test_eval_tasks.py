@@ -305,8 +305,8 @@ MAX_LENGTH = 40  # short enough that the longer golden rows are truncated from t
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from flax import nnx
+    from hf_support import to_transformers
 
-    from olmo_jax.convert.hf import to_transformers
     from olmo_jax.data.tokenizer import load_tokenizer
     from olmo_jax.eval.scoring import Scorer
     from olmo_jax.model import OLMo

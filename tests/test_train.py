@@ -7,7 +7,7 @@ import pytest
 from olmo_jax import sharding
 from olmo_jax.config import MeshConfig, load_config
 from olmo_jax.errors import ConfigError
-from olmo_jax.train import build, dry_run, init_state, jit_train_step, parse_duration, total_steps
+from olmo_jax.train import build, dry_run, init_state, jit_train_step, parse_duration, total_steps, total_tokens
 
 # tiny's model, fp32 compute, on short sequences so that 8 fake devices stay quick.
 SMALL = {"model.compute_dtype": "float32", "data.sequence_length": "32", "global_train_batch_size": "8"}
@@ -136,6 +136,9 @@ def test_duration_units():
     config = tiny(max_duration="2560T")  # 8 x 32 tokens a step -> 10 steps
     assert total_steps(config, instances_per_epoch=100, batch_size_for=None) == 10
     assert total_steps(tiny(max_duration="2ep"), instances_per_epoch=40, batch_size_for=None) == 10
+    # Token-based schedules run to max_duration's tokens, or to the steps' full batches.
+    assert total_tokens(config, 10) == 2560
+    assert total_tokens(tiny(max_duration="10"), 10) == 10 * 8 * 32
 
 
 def test_dry_run_plans_7b_on_eight_devices_without_allocating():

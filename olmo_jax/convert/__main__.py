@@ -7,7 +7,8 @@ import sys
 
 from olmo_jax import cli
 from olmo_jax.convert import from_hf, to_hf
-from olmo_jax.convert.hf import DTYPES, parse_size
+from olmo_jax.convert.hf import parse_size
+from olmo_jax.model import PARAM_DTYPES
 
 DESCRIPTION = """\
 Convert between olmo_jax checkpoints and Hugging Face OLMo-1 (OlmoForCausalLM) directories.
@@ -59,7 +60,7 @@ def build_parser(prog: str = "python -m olmo_jax.convert") -> argparse.ArgumentP
     _add_output(to_hf, "HF directory")
     to_hf.add_argument(
         "--dtype",
-        choices=list(DTYPES),
+        choices=list(PARAM_DTYPES),
         default=None,
         help=f"{cli.DTYPE_HELP} in OUT (default: the checkpoint's parameter dtype)",
     )
@@ -86,7 +87,7 @@ def build_parser(prog: str = "python -m olmo_jax.convert") -> argparse.ArgumentP
     _add_output(from_hf, "run directory")
     from_hf.add_argument(
         "--dtype",
-        choices=list(DTYPES),
+        choices=list(PARAM_DTYPES),
         default=None,
         help=f"{cli.DTYPE_HELP} in OUT (default: bfloat16 if every HF tensor is bf16, else float32)",
     )

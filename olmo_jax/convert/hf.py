@@ -21,21 +21,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from olmo_jax.config import ModelConfig
 from olmo_jax.errors import ConversionError
-
-if TYPE_CHECKING:
-    import transformers
-
-    from olmo_jax.model import OLMo
+from olmo_jax.model import PARAM_DTYPES, abstract_params
 
 # transformers' OlmoLayerNorm hard-codes this epsilon; other values cannot be represented in HF.
 HF_LAYER_NORM_EPS = 1e-5
@@ -56,7 +51,6 @@ _HF_DEFAULTS = {
 # Buffers that older transformers versions saved with the weights; they carry no parameters.
 _IGNORED_HF_TENSORS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
-DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -107,13 +101,7 @@ class TensorSpec:
 
 def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the olmo_jax parameter dict, read from the model itself (nothing is allocated)."""
-    from flax import nnx
-
-    from olmo_jax.model import OLMo
-
-    abstract = nnx.eval_shape(lambda: OLMo(config, rngs=nnx.Rngs(0)))
-    state = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
-    return {name: tuple(leaf.shape) for name, leaf in state.items()}
+    return {name: tuple(leaf.shape) for name, leaf in abstract_params(config).items()}
 
 
 def tensor_specs(config: ModelConfig) -> list[TensorSpec]:
@@ -295,12 +283,12 @@ class OutputTensor:
 
     name: str
     shape: tuple[int, ...]
-    dtype: str  # a key of DTYPES
+    dtype: str  # a key of PARAM_DTYPES
     produce: Callable[[], np.ndarray]
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * DTYPES[self.dtype].itemsize
+        return math.prod(self.shape) * PARAM_DTYPES[self.dtype].itemsize
 
 
 def _plan_shards(tensors: list[OutputTensor], max_shard_size: int) -> list[list[OutputTensor]]:
@@ -333,7 +321,7 @@ def _write_safetensors_file(path: Path, tensors: list[OutputTensor]) -> None:
         f.write(len(encoded).to_bytes(8, "little"))
         f.write(encoded)
         for tensor in tensors:
-            values = np.ascontiguousarray(np.asarray(tensor.produce()).astype(DTYPES[tensor.dtype], copy=False))
+            values = np.ascontiguousarray(np.asarray(tensor.produce()).astype(PARAM_DTYPES[tensor.dtype], copy=False))
             if values.shape != tensor.shape:
                 raise ConversionError(
                     f"tensor {tensor.name} has shape {list(values.shape)}, expected {list(tensor.shape)}"
@@ -468,8 +456,8 @@ def export_hf(
     progress: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Write `config.json` and safetensors weights for `OlmoForCausalLM` into the existing `out_dir`."""
-    if dtype not in DTYPES:
-        raise ConversionError(f"invalid dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype not in PARAM_DTYPES:
+        raise ConversionError(f"invalid dtype {dtype!r}; choose one of {', '.join(PARAM_DTYPES)}")
     hf_config = hf_config_dict(config, dtype)
     files = write_safetensors(out_dir, hf_tensors(params, config, dtype), max_shard_size, progress)
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
@@ -517,51 +505,12 @@ def import_hf(
                     f"expected {list(spec.hf_shape)} from config.json"
                 )
         dtype = dtype or hf_weights_dtype(reader, [spec.hf_name for spec in specs])
-        if dtype not in DTYPES:
-            raise ConversionError(f"invalid dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        if dtype not in PARAM_DTYPES:
+            raise ConversionError(f"invalid dtype {dtype!r}; choose one of {', '.join(PARAM_DTYPES)}")
         config.param_dtype = dtype
-        params = {name: np.empty(shape, DTYPES[dtype]) for name, shape in param_shapes(config).items()}
+        params = {name: np.empty(shape, PARAM_DTYPES[dtype]) for name, shape in param_shapes(config).items()}
         for k, spec in enumerate(specs):
             if progress and (k % max(1, len(specs) // 10) == 0 or k == len(specs) - 1):
                 progress(f"reading tensor {k + 1}/{len(specs)}: {spec.hf_name}")
-            spec.from_hf(reader.get(spec.hf_name).astype(DTYPES[dtype], copy=False), params)
+            spec.from_hf(reader.get(spec.hf_name).astype(PARAM_DTYPES[dtype], copy=False), params)
     return config, params
-
-
-def host_params(model: OLMo) -> dict[str, np.ndarray]:
-    """The model's parameters as a pure dict of host numpy arrays (olmo_jax layout)."""
-    from flax import nnx
-
-    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return {name: np.asarray(value) for name, value in state.items()}
-
-
-def iter_torch_state(params: dict[str, np.ndarray], config: ModelConfig) -> Iterator[tuple[str, Any]]:
-    """(HF name, fp32 torch tensor) pairs of `params`, one tensor materialised at a time."""
-    import torch
-
-    for tensor in hf_tensors(params, config, "float32"):
-        yield tensor.name, torch.from_numpy(np.ascontiguousarray(tensor.produce().astype(np.float32)))
-
-
-def to_transformers(model: OLMo) -> transformers.OlmoForCausalLM:
-    """An fp32 `transformers.OlmoForCausalLM` holding `model`'s weights (in memory; for parity and eval)."""
-    import torch
-    import transformers
-
-    config = model.config
-    hf_config = hf_config_dict(config, "float32")
-    hf_config.pop("architectures")
-    hf_config.pop("model_type")
-    hf_model = transformers.OlmoForCausalLM(transformers.OlmoConfig(**hf_config)).to(torch.float32)
-    state = dict(iter_torch_state(host_params(model), config))
-    result = hf_model.load_state_dict(state, strict=False)
-    allowed_missing = {"lm_head.weight"} if config.weight_tying else set()
-    if set(result.missing_keys) - allowed_missing or result.unexpected_keys:
-        raise ConversionError(
-            f"transformers OlmoForCausalLM disagrees on tensor names: missing {sorted(result.missing_keys)}, "
-            f"unexpected {sorted(result.unexpected_keys)}"
-        )
-    if config.weight_tying:
-        hf_model.tie_weights()
-    return hf_model.eval()

@@ -18,18 +18,16 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from olmo_jax.config import TrainConfig
 from olmo_jax.data.order import Cursor, batch_size_for
 from olmo_jax.data.pipeline import DataPipeline, HostBatch, build_pipeline, token_checksum
 from olmo_jax.data.tokenizer import Tokenizer
 from olmo_jax.errors import ConfigError
+from olmo_jax.sharding import batch_sharding, batch_shards
 
 __all__ = ["Batch", "TrainLoader", "batch_size_for", "build_train_loader", "sharding_rows", "token_checksum"]
 
-BATCH_AXES = ("data", "fsdp")
 # Grain needs a length; the run's length is the trainer's business, so the step source is effectively endless.
 _ENDLESS = 1 << 62
 
@@ -42,12 +40,6 @@ class Batch:
     input_ids: jax.Array  # int32 [B, T], sharded over the batch axes of the mesh
     indices: np.ndarray  # the B global instance indices, in row order
     fingerprint: str  # see olmo_jax.data.pipeline: sha256 of the data identity and `indices`
-
-
-def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-    """Rows over the mesh's data and fsdp axes (those it has), columns replicated."""
-    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-    return NamedSharding(mesh, P(axes or None, None))
 
 
 def sharding_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, int]) -> np.ndarray:
@@ -86,7 +78,7 @@ class TrainLoader:
     def __init__(self, pipeline: DataPipeline, mesh: jax.sharding.Mesh, start: Cursor, prefetch: int, threads: int):
         self.pipeline = pipeline
         self.sharding = batch_sharding(mesh)
-        shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names]))
+        shards = batch_shards(mesh)
         for size in pipeline.plan.batch_sizes():
             if size % shards:
                 raise ConfigError(

@@ -31,11 +31,6 @@ STATE_FORMAT = "olmo_jax.loader/1"
 log = logging.getLogger(__name__)
 
 
-def sequence_length(config: TrainConfig) -> int:
-    """Tokens per instance: `data.sequence_length`, else `model.max_sequence_length` (OLMo's chunk size)."""
-    return config.data.sequence_length or config.model.max_sequence_length
-
-
 def data_seed(config: TrainConfig) -> int:
     """The shuffle seed: `data.seed` if set, else the run's `seed`."""
     return config.data.seed if config.data.seed is not None else config.seed
@@ -176,7 +171,7 @@ def _tokenizer_for(config: TrainConfig, builtin_tokenizer: str | None) -> Tokeni
 
 def build_pipeline(config: TrainConfig) -> DataPipeline:
     """The data pipeline `config` describes (building the built-in corpus when it is the one to use)."""
-    seq_len = sequence_length(config)
+    seq_len = config.sequence_length
     seed = data_seed(config)
     paths, sources = list(config.data.paths), dict(config.data.sources)
     builtin_tokenizer = None
