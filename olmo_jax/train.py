@@ -30,9 +30,18 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from olmo_jax import atomic, sharding
-from olmo_jax.checkpoint import CHECKPOINTS_DIR, Checkpointer, TrainCheckpoint, TrainMeta, starting_checkpoint
-from olmo_jax.config import TrainConfig, flatten, to_dict
+from olmo_jax.checkpoint import (
+    CHECKPOINTS_DIR,
+    Checkpointer,
+    CheckpointSpec,
+    TrainCheckpoint,
+    TrainMeta,
+    starting_checkpoint,
+)
+from olmo_jax.config import TrainConfig, data_spec, flatten, to_dict
+from olmo_jax.data.order import batch_size_for
 from olmo_jax.errors import ConfigError, NonFiniteLossError
+from olmo_jax.eval.evaluator import evaluate_in_loop
 from olmo_jax.loss import loss_terms
 from olmo_jax.model import OLMo, flops_per_token
 from olmo_jax.monitor import MetricWriter, Progress, mfu, peak_flops_per_device
@@ -95,6 +104,13 @@ def validate(config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
 
 def sequence_length(config: TrainConfig) -> int:
     return config.data.sequence_length or config.model.max_sequence_length
+
+
+def checkpoint_spec(config: TrainConfig, run_dir: Path) -> CheckpointSpec:
+    """Where and when `config`'s run saves its checkpoints."""
+    return CheckpointSpec(
+        run_dir, config.save_interval, config.save_interval_permanent, config.save_num_checkpoints_to_keep
+    )
 
 
 def build(config: TrainConfig, mesh: jax.sharding.Mesh) -> TrainSetup:
@@ -427,23 +443,33 @@ def fit(config: TrainConfig, run_dir: Path, *, devices: list[jax.Device] | None 
 def _fit(
     config: TrainConfig, run_dir: Path, devices: list[jax.Device] | None, stop_requests: StopRequests
 ) -> dict[str, Any]:
-    from olmo_jax.data.loader import batch_size_for, build_train_loader
-    from olmo_jax.eval import evaluate_in_loop
+    # Here, not at the top: the loader needs Grain, which `olmo_jax.bench` (it imports this module for the
+    # step) must run without. Once the loop has a module of its own, that module imports it at the top.
+    from olmo_jax.data.loader import build_train_loader
 
     is_writer = jax.process_index() == 0
     mesh = sharding.make_mesh(config.mesh, devices)
     setup = build(config, mesh)
     seq = sequence_length(config)
     abstract = abstract_state(setup)
-    start = starting_checkpoint(config, run_dir, abstract.params, abstract.opt_state)
+    start = starting_checkpoint(
+        run_dir,
+        abstract.params,
+        abstract.opt_state,
+        load_path=config.load_path,
+        load_weights_only=config.load_weights_only,
+    )
+    data = data_spec(config)
     with contextlib.ExitStack() as cleanup:  # closes, last opened first: writer, checkpointer (waits), loader
-        loader = build_train_loader(config, mesh, start_state=start.data_state if start is not None else None)
+        loader = build_train_loader(data, mesh, start_state=start.data_state if start is not None else None)
         cleanup.callback(loader.close)
-        steps = total_steps(config, loader.instances_per_epoch, lambda tokens: batch_size_for(config, tokens))
+        steps = total_steps(config, loader.instances_per_epoch, lambda tokens: batch_size_for(data, tokens))
         amount, unit = parse_duration(config.max_duration)
         run_tokens = int(amount) if unit == "tokens" else steps * config.global_train_batch_size * seq
         tokenizer_identity = loader.tokenizer.identity if loader.tokenizer is not None else None
-        checkpointer = cleanup.enter_context(Checkpointer(run_dir, config, tokenizer_identity=tokenizer_identity))
+        checkpointer = cleanup.enter_context(
+            Checkpointer(checkpoint_spec(config, run_dir), to_dict(config), tokenizer_identity=tokenizer_identity)
+        )
         state = init_state(setup, config.seed) if start is None else state_from_checkpoint(setup, start)
         start_step, nonfinite_at_start = int(state.step), int(state.nonfinite_steps)
         writer = None

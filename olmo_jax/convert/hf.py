@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
+from flax import nnx
 
 from olmo_jax.config import ModelConfig
 from olmo_jax.errors import ConversionError
+from olmo_jax.model import OLMo
 
 if TYPE_CHECKING:
     import transformers
-
-    from olmo_jax.model import OLMo
 
 # transformers' OlmoLayerNorm hard-codes this epsilon; other values cannot be represented in HF.
 HF_LAYER_NORM_EPS = 1e-5
@@ -107,10 +107,6 @@ class TensorSpec:
 
 def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the olmo_jax parameter dict, read from the model itself (nothing is allocated)."""
-    from flax import nnx
-
-    from olmo_jax.model import OLMo
-
     abstract = nnx.eval_shape(lambda: OLMo(config, rngs=nnx.Rngs(0)))
     state = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
     return {name: tuple(leaf.shape) for name, leaf in state.items()}
