@@ -24,8 +24,8 @@ import numpy as np
 
 from olmo_jax import sharding
 from olmo_jax.checkpoint import Checkpointer, TrainMeta
-from olmo_jax.config import MeshConfig, load_config
-from olmo_jax.train import build, init_state
+from olmo_jax.config import MeshConfig, load_config, to_dict
+from olmo_jax.train import build, checkpoint_spec, init_state
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,7 +57,10 @@ def main() -> None:
     touch = jax.jit(lambda tree: jax.tree.map(lambda x: x + 1, tree), donate_argnums=0)
 
     blocked, complete = [], []
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp, Checkpointer(Path(tmp), config) as checkpointer:
+    with (
+        tempfile.TemporaryDirectory(dir=args.dir) as tmp,
+        Checkpointer(checkpoint_spec(config, Path(tmp)), to_dict(config)) as checkpointer,
+    ):
         for step in range(1, args.saves + 1):
             arrays = jax.block_until_ready(touch(arrays))
             start = time.perf_counter()

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from olmo_jax.config import DataConfig, ModelConfig, TrainConfig
+from olmo_jax.config import DataConfig, ModelConfig, TrainConfig, data_spec
 from olmo_jax.data.loader import build_train_loader
 from olmo_jax.data.pipeline import build_pipeline
 
@@ -64,7 +64,7 @@ def main() -> None:
 
         loader_rates = []
         for repeat in range(args.repeats):
-            loader = build_train_loader(config, mesh)
+            loader = build_train_loader(data_spec(config), mesh)
             jax.block_until_ready(next(loader).input_ids)  # start-up (threads, first epoch's permutation)
             start = time.perf_counter()
             for _ in range(args.batches):
@@ -73,7 +73,7 @@ def main() -> None:
             loader.close()
             print(f"repeat {repeat}: loader {loader_rates[-1] / 1e6:.2f}M tokens/s", flush=True)
 
-        pipeline = build_pipeline(config)
+        pipeline = build_pipeline(data_spec(config))
         host_rates = []
         for _ in range(args.repeats):
             cursor = pipeline.cursor_at(1)

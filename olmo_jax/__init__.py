@@ -1,7 +1,9 @@
 """olmo_jax: OLMo (AllenAI's open language model) in JAX/Flax.
 
-`olmo_jax.from_pretrained(path)` loads a model; it is imported on first use so that `import olmo_jax`
-stays cheap (no JAX start-up) for CLIs and config tools.
+`olmo_jax.from_pretrained(path)` loads a model (see `olmo_jax.pretrained`).
+
+A package `__init__` in olmo_jax only names its modules; names are imported from the module that defines them.
+The one exception is `from_pretrained` above, the documented entry point, which this file provides lazily.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ __all__ = ["from_pretrained"]
 
 
 def __getattr__(name: str) -> Any:
+    # Lazily, on first use: importing any olmo_jax module runs this file first, and the command lines import
+    # olmo_jax.config before JAX starts; olmo_jax.pretrained imports JAX, Flax and Orbax (seconds).
     if name == "from_pretrained":
         from olmo_jax.pretrained import from_pretrained
 

@@ -256,14 +256,6 @@ class TrainMeta:
         return cls(**values)
 
 
-def read_train_meta(step_dir: Path) -> TrainMeta:
-    """The `meta` item of a training checkpoint step."""
-    manager, step = _manager_for_step(step_dir)
-    with manager:
-        item = manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
-    return TrainMeta.from_json(item[META_ITEM], Path(step_dir) / META_ITEM)
-
-
 @dataclass
 class TrainCheckpoint:
     """What a run restores from a step: always the weights and the saved config; the optimizer state, loader
@@ -419,15 +411,20 @@ def restore_latest(
 
 
 def starting_checkpoint(
-    config: TrainConfig, run_dir: Path, abstract_params: dict[str, Any], abstract_opt_state: Any
+    run_dir: Path,
+    abstract_params: dict[str, Any],
+    abstract_opt_state: Any,
+    *,
+    load_path: str | None = None,
+    load_weights_only: bool = False,
 ) -> TrainCheckpoint | None:
-    """Where a run starts: its own latest readable checkpoint; else `config.load_path` (the whole training
-    state, or its weights only with `load_weights_only` or when it holds nothing else); else None (fresh)."""
+    """Where a run starts: its own latest readable checkpoint; else `load_path` (the whole training state, or
+    its weights only with `load_weights_only` or when it holds nothing else); else None (fresh)."""
     own = restore_latest(Path(run_dir) / CHECKPOINTS_DIR, abstract_params, abstract_opt_state)
-    if own is not None or not config.load_path:
+    if own is not None or not load_path:
         return own
-    step_dir = resolve_checkpoint(config.load_path)
-    return restore_train_checkpoint(step_dir, abstract_params, None if config.load_weights_only else abstract_opt_state)
+    step_dir = resolve_checkpoint(load_path)
+    return restore_train_checkpoint(step_dir, abstract_params, None if load_weights_only else abstract_opt_state)
 
 
 def _move_aside(step_dir: Path) -> Path:
@@ -441,22 +438,35 @@ def _move_aside(step_dir: Path) -> Path:
     return target
 
 
-class Checkpointer:
-    """Writes one run's training checkpoints asynchronously, on the config's schedule.
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """Where and when a run saves training checkpoints (the trainer builds it from the run's config)."""
 
-    Keeps the last `save_num_checkpoints_to_keep` steps (all when <= 0) and every multiple of
-    `save_interval_permanent`. `save` blocks only while the arrays are copied to host memory (and while a
-    previous save is still being written); Orbax writes the files in a background thread and renames the
-    step into place when it is complete. Creating one deletes unfinished saves left by a killed process.
-    Every process calls every method: Orbax coordinates the hosts.
+    run_dir: Path
+    save_interval: int | None  # steps between saves; None: only at the end and when stopped early
+    save_interval_permanent: int | None  # every multiple of it is kept for good; None: none is
+    keep: int  # the latest steps kept (besides the permanent ones); <= 0 keeps all
+
+
+class Checkpointer:
+    """Writes one run's training checkpoints asynchronously, on the spec's schedule.
+
+    Keeps the last `spec.keep` steps (all when <= 0) and every multiple of `spec.save_interval_permanent`.
+    `run_config` (the run's config as a plain dict, `to_dict(TrainConfig)`) is saved in every step's `config/`.
+    `save` blocks only while the arrays are copied to host memory (and while a previous save is still being
+    written); Orbax writes the files in a background thread and renames the step into place when it is
+    complete. Creating one deletes unfinished saves left by a killed process. Every process calls every
+    method: Orbax coordinates the hosts.
     """
 
-    def __init__(self, run_dir: Path, config: TrainConfig, *, tokenizer_identity: str | None = None) -> None:
-        self.directory = Path(run_dir) / CHECKPOINTS_DIR
-        self._interval = config.save_interval
-        self._permanent = config.save_interval_permanent
-        self._metadata = {"config": to_dict(config), "tokenizer": tokenizer_identity}
-        keep = config.save_num_checkpoints_to_keep
+    def __init__(
+        self, spec: CheckpointSpec, run_config: dict[str, Any], *, tokenizer_identity: str | None = None
+    ) -> None:
+        self.directory = Path(spec.run_dir) / CHECKPOINTS_DIR
+        self._interval = spec.save_interval
+        self._permanent = spec.save_interval_permanent
+        self._metadata = {"config": run_config, "tokenizer": tokenizer_identity}
+        keep = spec.keep
         policies: list[checkpoint_managers.PreservationPolicy] = [
             checkpoint_managers.LatestN(keep if keep > 0 else None)
         ]

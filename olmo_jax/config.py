@@ -20,7 +20,9 @@ from typing import Any, Literal
 
 import yaml
 
+from olmo_jax.data.spec import BatchSizeWarmup, DataSpec
 from olmo_jax.errors import ConfigError
+from olmo_jax.olmo_yaml import is_olmo_yaml, translate_olmo_yaml
 
 # --------------------------------------------------------------------------------------------------
 # Validation: each section checks its own fields; every message names the dotted key, the bad value
@@ -437,12 +439,6 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _describe(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert `value` to the annotated type `tp`, or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
@@ -626,12 +622,7 @@ def load_config(name_or_path: str, overrides: dict[str, str] | None = None) -> T
         if not path.is_file():
             raise ConfigError(f"config file {name_or_path} does not exist")
         data = _read_yaml(path)
-        if _looks_like_olmo_yaml(data):
-            from olmo_jax.olmo_yaml import translate_olmo_yaml
-
-            config = translate_olmo_yaml(data)
-        else:
-            config = from_dict(TrainConfig, data)
+        config = from_dict(TrainConfig, translate_olmo_yaml(data) if is_olmo_yaml(data) else data)
     else:
         names = preset_names()
         if name_or_path not in names:
@@ -645,16 +636,6 @@ def load_config(name_or_path: str, overrides: dict[str, str] | None = None) -> T
         apply_override(config, key, value)
     config.validate()
     return config
-
-
-# Keys that only an original OLMo YAML has (our own files never carry them).
-_OLMO_YAML_MARKERS = {"precision", "fsdp", "evaluators", "speed_monitor", "compile", "ddp", "activation_checkpointing"}
-_OLMO_MODEL_MARKERS = {"block_type", "attention_dropout", "residual_dropout", "layer_norm_type", "activation_type"}
-
-
-def _looks_like_olmo_yaml(data: dict[str, Any]) -> bool:
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    return bool(_OLMO_YAML_MARKERS & set(data) or _OLMO_MODEL_MARKERS & set(model))
 
 
 def split_config_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
@@ -680,3 +661,31 @@ def split_config_args(argv: list[str]) -> tuple[str | None, dict[str, str], list
             rest.append(arg)
         i += 1
     return config, overrides, rest
+
+
+# --------------------------------------------------------------------------------------------------
+# What the lower layers take from a config: small specs, so that they never read TrainConfig's fields.
+# --------------------------------------------------------------------------------------------------
+
+
+def data_spec(config: TrainConfig) -> DataSpec:
+    """The data pipeline's part of `config` (built here rather than in the trainer because `inspect`, which
+    must not start JAX, builds it too)."""
+    data, warmup = config.data, config.batch_size_warmup
+    batch_size_warmup = BatchSizeWarmup(warmup.start_instances, warmup.double_every_tokens) if warmup.enabled else None
+    return DataSpec(
+        sequence_length=config.sequence_length,
+        global_batch_size=config.global_train_batch_size,
+        seed=data.seed if data.seed is not None else config.seed,
+        vocab_size=config.model.vocab_size,
+        eos_token_id=config.model.eos_token_id,
+        paths=tuple(data.paths),
+        sources=dict(data.sources),
+        dtype=data.dtype,
+        drop_last=data.drop_last,
+        batch_size_warmup=batch_size_warmup,
+        tokenizer=config.tokenizer.identifier,
+        builtin_corpus=data.builtin_corpus,
+        prefetch=data.prefetch,
+        num_workers=data.num_workers,
+    )

@@ -29,9 +29,19 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from olmo_jax import atomic, sharding
-from olmo_jax.checkpoint import CHECKPOINTS_DIR, Checkpointer, TrainCheckpoint, TrainMeta, starting_checkpoint
-from olmo_jax.config import TrainConfig, flatten, to_dict
+from olmo_jax.checkpoint import (
+    CHECKPOINTS_DIR,
+    Checkpointer,
+    CheckpointSpec,
+    TrainCheckpoint,
+    TrainMeta,
+    starting_checkpoint,
+)
+from olmo_jax.config import TrainConfig, data_spec, flatten, to_dict
+from olmo_jax.data.loader import build_train_loader
+from olmo_jax.data.order import batch_size_for
 from olmo_jax.errors import ConfigError, NonFiniteLossError
+from olmo_jax.eval.evaluator import evaluate_in_loop
 from olmo_jax.model import flops_per_token, num_params
 from olmo_jax.monitor import Meter, MetricWriter, Progress, peak_flops_per_device
 from olmo_jax.optim import grad_clip_limit, learning_rate
@@ -46,6 +56,13 @@ from olmo_jax.train import (
     total_steps,
     total_tokens,
 )
+
+
+def checkpoint_spec(config: TrainConfig, run_dir: Path) -> CheckpointSpec:
+    """Where and when `config`'s run saves its checkpoints."""
+    return CheckpointSpec(
+        run_dir, config.save_interval, config.save_interval_permanent, config.save_num_checkpoints_to_keep
+    )
 
 
 def fit(config: TrainConfig, run_dir: Path, *, devices: list[jax.Device] | None = None) -> dict[str, Any]:
@@ -155,8 +172,6 @@ class InLoopEvaluation:
 
     def __call__(self, params: dict[str, jax.Array]) -> dict[str, float]:
         """Flat `eval/...` metrics of `params`; every process takes part (the scoring batches are sharded)."""
-        from olmo_jax.eval import evaluate_in_loop
-
         model = nnx.merge(self._setup.graphdef, params)
         return evaluate_in_loop(model, self._tokenizer, self._config, mesh=self._setup.mesh)
 
@@ -303,17 +318,25 @@ def _start(
     config: TrainConfig, run_dir: Path, devices: list[jax.Device] | None, cleanup: contextlib.ExitStack
 ) -> tuple[_Run, TrainState]:
     """Mesh, train step, starting state, loader, checkpointer and writers; prints where the run starts."""
-    from olmo_jax.data.loader import batch_size_for, build_train_loader
 
     mesh = sharding.make_mesh(config.mesh, devices)
     setup = build(config, mesh)
     abstract = abstract_state(setup)
-    start = starting_checkpoint(config, run_dir, abstract.params, abstract.opt_state)
-    loader = build_train_loader(config, mesh, start_state=start.data_state if start is not None else None)
+    start = starting_checkpoint(
+        run_dir,
+        abstract.params,
+        abstract.opt_state,
+        load_path=config.load_path,
+        load_weights_only=config.load_weights_only,
+    )
+    data = data_spec(config)
+    loader = build_train_loader(data, mesh, start_state=start.data_state if start is not None else None)
     cleanup.callback(loader.close)
-    steps = total_steps(config, loader.instances_per_epoch, lambda tokens: batch_size_for(config, tokens))
+    steps = total_steps(config, loader.instances_per_epoch, lambda tokens: batch_size_for(data, tokens))
     tokenizer_identity = loader.tokenizer.identity if loader.tokenizer is not None else None
-    checkpointer = cleanup.enter_context(Checkpointer(run_dir, config, tokenizer_identity=tokenizer_identity))
+    checkpointer = cleanup.enter_context(
+        Checkpointer(checkpoint_spec(config, run_dir), to_dict(config), tokenizer_identity=tokenizer_identity)
+    )
     state = init_state(setup, config.seed) if start is None else state_from_checkpoint(setup, start)
     start_step = int(state.step)
     writer = None

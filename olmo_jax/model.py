@@ -2,7 +2,7 @@
 
     tokens -> embedding -> n_layers x [x + Attn(LN(x)); x + MLP(LN(x))] -> LN -> LM head -> logits
 
-OLMo-1 specifics, each matching `../shared/notes/olmo-reference.md`:
+OLMo-1 specifics, each as in allenai/OLMo's `olmo/model.py`:
 - LayerNorm without weight or bias, eps 1e-5, computed in fp32.
 - No biases, no dropout. Full multi-head causal attention with rotate-half RoPE computed in fp32.
 - SwiGLU with a fused input projection whose first half is "up" and second half the gate.

@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 
-# Dense bf16 peak FLOP/s per device (../shared/notes/olmo-reference.md), matched on `device_kind`.
+# Dense bf16 peak FLOP/s per device (the vendors' data sheets), matched on `device_kind`.
 PEAK_FLOPS = {
     "H200": 989e12,
     "H100": 989e12,

@@ -1,4 +1,7 @@
-"""Translate an original OLMo (PyTorch) YAML training config into a `TrainConfig`.
+"""Translate an original OLMo (PyTorch) YAML training config into an olmo_jax config dict.
+
+`olmo_jax.config.load_config` calls it on a file that `is_olmo_yaml` recognises and builds the
+`TrainConfig` from the result; this module works on plain dicts only, below `config`.
 
 What maps is translated; architecture options olmo_jax does not implement are errors (training a
 different model silently would be worse); everything else that has no meaning here (FSDP wrapping,
@@ -11,8 +14,11 @@ import re
 import sys
 from typing import Any
 
-from olmo_jax.config import TrainConfig, from_dict
 from olmo_jax.errors import ConfigError
+
+# Keys that only an original OLMo YAML has (our own files never carry them).
+_OLMO_YAML_MARKERS = {"precision", "fsdp", "evaluators", "speed_monitor", "compile", "ddp", "activation_checkpointing"}
+_OLMO_MODEL_MARKERS = {"block_type", "attention_dropout", "residual_dropout", "layer_norm_type", "activation_type"}
 
 # OLMo model keys that map one-to-one onto ModelConfig.
 _MODEL_KEYS = {
@@ -57,6 +63,12 @@ _TASK_ALIASES = {"obqa": "openbookqa", "hellaswag_rc": "hellaswag"}
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 
+def is_olmo_yaml(data: dict[str, Any]) -> bool:
+    """Whether a config file's mapping is an original OLMo config (it has keys only OLMo's configs have)."""
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    return bool(_OLMO_YAML_MARKERS & set(data) or _OLMO_MODEL_MARKERS & set(model))
+
+
 def _resolve_interpolations(data: dict[str, Any]) -> dict[str, Any]:
     """Resolve OmegaConf-style `${key}` / `${a.b}` references to other keys of the same file."""
 
@@ -85,8 +97,8 @@ def _resolve_interpolations(data: dict[str, Any]) -> dict[str, Any]:
     return resolve(data)
 
 
-def translate_olmo_yaml(raw: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from an OLMo YAML dict; prints the keys that were not translated."""
+def translate_olmo_yaml(raw: dict[str, Any]) -> dict[str, Any]:
+    """The olmo_jax config dict (`TrainConfig`'s keys) of an OLMo YAML dict; prints the keys not translated."""
     data = _resolve_interpolations(raw)
     ours: dict[str, Any] = {}
     skipped: list[str] = []
@@ -145,7 +157,7 @@ def translate_olmo_yaml(raw: dict[str, Any]) -> TrainConfig:
     skipped += [k for k in data if k not in handled and data[k] not in (None, False)]
     if skipped:
         print(f"olmo_jax: not translated from the OLMo config: {', '.join(sorted(skipped))}", file=sys.stderr)
-    return from_dict(TrainConfig, ours)
+    return ours
 
 
 def _translate_evaluators(evaluators: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:

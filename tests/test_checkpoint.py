@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from checkpoint_support import read_train_meta
 
 import olmo_jax.data.loader
 from olmo_jax import sharding
@@ -23,15 +24,14 @@ from olmo_jax.checkpoint import (
     CheckpointMismatchError,
     TrainMeta,
     read_config,
-    read_train_meta,
     restore_latest,
     restore_params,
     starting_checkpoint,
     write_params_checkpoint,
 )
-from olmo_jax.config import MeshConfig, load_config
+from olmo_jax.config import MeshConfig, TrainConfig, load_config, to_dict
 from olmo_jax.errors import NonFiniteLossError
-from olmo_jax.loop import fit, state_from_checkpoint
+from olmo_jax.loop import checkpoint_spec, fit, state_from_checkpoint
 from olmo_jax.train import abstract_state, build, init_state, jit_train_step
 
 # tiny's model on short sequences and small batches: quick on 2 CPU cores, 8 fake devices included.
@@ -48,6 +48,11 @@ def mesh_of(data: int, fsdp: int) -> jax.sharding.Mesh:
 
 def host(tree):
     return jax.tree.map(np.asarray, tree)
+
+
+def checkpointer_for(run_dir: Path, config: TrainConfig) -> Checkpointer:
+    """The trainer's checkpointer for `config`'s run in `run_dir`."""
+    return Checkpointer(checkpoint_spec(config, run_dir), to_dict(config))
 
 
 def save_state(checkpointer: Checkpointer, state, *, tokens_seen: int = 0) -> None:
@@ -98,7 +103,7 @@ def test_a_checkpoint_saved_on_fsdp8_resumes_on_one_device_and_on_data2_fsdp4(tm
     step8 = jit_train_step(setup8)
     state, _ = train(setup8, init_state(setup8, seed=0), batches[:2], step8)
     saved_params = host(state.params)
-    with Checkpointer(tmp_path, config) as checkpointer:
+    with checkpointer_for(tmp_path, config) as checkpointer:
         save_state(checkpointer, state)
     _, reference = train(setup8, state, batches[2:], step8)
 
@@ -131,7 +136,7 @@ def _two_steps(tmp_path: Path):
     config, setup = small_setup()
     abstract = abstract_state(setup)
     states = {step: _random_state(abstract, step)._replace(step=np.int32(step)) for step in (1, 2)}
-    with Checkpointer(tmp_path, config) as checkpointer:
+    with checkpointer_for(tmp_path, config) as checkpointer:
         for state in states.values():
             save_state(checkpointer, state._replace(nonfinite_steps=np.int32(0)))
     return abstract, states
@@ -202,32 +207,31 @@ def test_load_path_gives_the_full_state_or_the_weights_alone(tmp_path: Path) -> 
     abstract, states = _two_steps(tmp_path / "other")
     config, _ = small_setup()
 
-    config.load_path = str(tmp_path / "other")
-    full = starting_checkpoint(config, tmp_path / "new", abstract.params, abstract.opt_state)
+    new, targets = tmp_path / "new", (abstract.params, abstract.opt_state)
+    assert starting_checkpoint(new, *targets) is None  # nothing of its own, nothing to load: a fresh start
+
+    full = starting_checkpoint(new, *targets, load_path=str(tmp_path / "other"))
     assert not full.weights_only and full.meta.step == 2 and full.data_state == {"step": 2}
 
-    config.load_weights_only = True
-    weights = starting_checkpoint(config, tmp_path / "new", abstract.params, abstract.opt_state)
+    weights = starting_checkpoint(new, *targets, load_path=str(tmp_path / "other"), load_weights_only=True)
     assert weights.weights_only and weights.meta is None and weights.data_state is None
     np.testing.assert_array_equal(np.asarray(weights.params["wte"]), np.asarray(states[2].params["wte"]))
 
     # A from-hf conversion holds weights only: a weights-only start even when the whole state was asked for.
-    config.load_weights_only = False
     write_params_checkpoint(tmp_path / "hf", 0, host(states[1].params), config)
-    config.load_path = str(tmp_path / "hf")
-    assert starting_checkpoint(config, tmp_path / "new", abstract.params, abstract.opt_state).weights_only
+    assert starting_checkpoint(new, *targets, load_path=str(tmp_path / "hf")).weights_only
 
     # The run's own checkpoints win over load_path: that is how a restarted run resumes.
-    shutil.copytree(tmp_path / "other", tmp_path / "new")
-    own = starting_checkpoint(config, tmp_path / "new", abstract.params, abstract.opt_state)
-    assert own.step_dir == tmp_path / "new" / "checkpoints" / "2"
+    shutil.copytree(tmp_path / "other", new)
+    own = starting_checkpoint(new, *targets, load_path=str(tmp_path / "hf"))
+    assert own.step_dir == new / "checkpoints" / "2"
 
 
 def test_training_checkpoints_keep_the_last_n_and_the_permanent_ones(tmp_path: Path) -> None:
     config, setup = small_setup()
     config.save_num_checkpoints_to_keep, config.save_interval_permanent = 2, 4
     state = _random_state(abstract_state(setup), 0)
-    with Checkpointer(tmp_path, config) as checkpointer:
+    with checkpointer_for(tmp_path, config) as checkpointer:
         for step in range(1, 8):
             save_state(checkpointer, state._replace(step=np.int32(step), nonfinite_steps=np.int32(0)))
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 6, 7]
@@ -294,7 +298,7 @@ def test_a_nan_batch_never_reaches_the_parameters_or_a_checkpoint(
 def test_to_hf_and_from_pretrained_read_training_checkpoints(tmp_path: Path) -> None:
     pytest.importorskip("safetensors")
     import olmo_jax
-    from olmo_jax.convert import to_hf
+    from olmo_jax.convert.checkpoints import to_hf
 
     _, states = _two_steps(tmp_path / "run")
     step_dir = tmp_path / "run" / "checkpoints" / "2"

@@ -306,7 +306,7 @@ def test_a_failure_while_writing_leaves_nothing_at_out(
         raise OSError(28, "No space left on device")
 
     # The tokenizer is written last, after every weight shard: the latest point a conversion can fail.
-    monkeypatch.setattr("olmo_jax.convert.write_hf_tokenizer", disk_full)
+    monkeypatch.setattr("olmo_jax.convert.checkpoints.write_hf_tokenizer", disk_full)
     rc = main(["to-hf", str(tmp_path / "run"), str(tmp_path / "out")])
 
     assert_failed_cleanly(rc, capsys.readouterr().err, tmp_path / "out", "No space left on device")

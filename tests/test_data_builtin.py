@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from olmo_jax.config import load_config
+from olmo_jax.config import data_spec, load_config
 from olmo_jax.data import builtin
 from olmo_jax.data.pipeline import build_pipeline
 from olmo_jax.data.tokenizer import load_tokenizer
@@ -69,6 +69,6 @@ def test_tiny_preset_trains_on_the_builtin_corpus_by_default(corpus_and_builds, 
     corpus, _, cache = corpus_and_builds
     monkeypatch.setenv("OLMO_JAX_CACHE", str(cache))
     assert load_tokenizer("builtin").path == corpus.tokenizer_path
-    pipeline = build_pipeline(load_config("tiny"))
+    pipeline = build_pipeline(data_spec(load_config("tiny")))
     assert pipeline.source.files[0].path == corpus.token_paths[0]
     assert pipeline.tokenizer is not None and pipeline.tokenizer.path == corpus.tokenizer_path

@@ -11,14 +11,22 @@ import yaml
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from olmo_jax.config import BatchSizeWarmupConfig, DataConfig, ModelConfig, TrainConfig, to_dict
+from olmo_jax.config import BatchSizeWarmupConfig, DataConfig, ModelConfig, TrainConfig, data_spec, to_dict
 from olmo_jax.data.__main__ import main
 from olmo_jax.data.loader import build_train_loader, sharding_rows
 from olmo_jax.data.order import Cursor
-from olmo_jax.data.pipeline import build_pipeline, contiguous_rows, token_checksum
+from olmo_jax.data.pipeline import build_pipeline, token_checksum
 from olmo_jax.errors import ConfigError
 
 SEQ_LEN = 8
+
+
+def contiguous_rows(batch_size: int, process_index: int, process_count: int) -> np.ndarray:
+    """Rows of a global batch that process `process_index` of `process_count` loads, when each process owns one
+    equal contiguous block (the layout of a mesh whose batch axes list devices process by process)."""
+    assert batch_size % process_count == 0 and 0 <= process_index < process_count
+    per_process = batch_size // process_count
+    return np.arange(process_index * per_process, (process_index + 1) * per_process)
 
 
 @pytest.fixture
@@ -44,7 +52,7 @@ def one_device_mesh() -> Mesh:
 @pytest.mark.parametrize("warmup", [False, True])
 def test_simulated_1_2_and_4_processes_assemble_the_same_global_batches(config, warmup):
     config.batch_size_warmup = BatchSizeWarmupConfig(enabled=warmup, start_instances=4, double_every_tokens=64)
-    pipeline = build_pipeline(config)
+    pipeline = build_pipeline(data_spec(config))
     assert pipeline.instances_per_epoch == 12 + 9 + 5
     cursor = Cursor()
     for _ in range(8):  # 3 batches per epoch: crosses two epoch boundaries
@@ -84,17 +92,17 @@ def test_process_rows_follow_the_sharding(config):
 def test_resuming_from_the_saved_state_gives_the_same_following_batches(config):
     config.batch_size_warmup = BatchSizeWarmupConfig(enabled=True, start_instances=2, double_every_tokens=32)
     mesh = one_device_mesh()
-    uninterrupted = build_train_loader(config, mesh)
+    uninterrupted = build_train_loader(data_spec(config), mesh)
     expected = [next(uninterrupted) for _ in range(9)]
     uninterrupted.close()
 
-    first = build_train_loader(config, mesh)
+    first = build_train_loader(data_spec(config), mesh)
     for _ in range(5):
         next(first)
     state = json.loads(json.dumps(first.state()))  # it must survive JSON (checkpoint metadata)
     first.close()
     assert state["step"] == 5 and set(state) >= {"epoch", "instances_consumed"}
-    resumed = build_train_loader(config, mesh, start_state=state)
+    resumed = build_train_loader(data_spec(config), mesh, start_state=state)
     for want in expected[5:]:
         got = next(resumed)
         assert (got.step, got.fingerprint) == (want.step, want.fingerprint)
@@ -103,16 +111,16 @@ def test_resuming_from_the_saved_state_gives_the_same_following_batches(config):
 
 
 def test_a_state_from_other_data_is_refused(config):
-    loader = build_train_loader(config, one_device_mesh())
+    loader = build_train_loader(data_spec(config), one_device_mesh())
     state = loader.state()
     loader.close()
     config.seed = 43
     with pytest.raises(ConfigError, match="seed=42 but the data now gives 43"):
-        build_train_loader(config, one_device_mesh(), start_state=state)
+        build_train_loader(data_spec(config), one_device_mesh(), start_state=state)
 
 
 def test_inspect_json_equals_what_the_loader_fed(config, tmp_path, capsys):
-    loader = build_train_loader(config, one_device_mesh())
+    loader = build_train_loader(data_spec(config), one_device_mesh())
     fed = [next(loader) for _ in range(5)]
     loader.close()
     run_dir = tmp_path / "run"
@@ -155,9 +163,9 @@ def test_global_arrays_on_8_fake_devices_hold_the_global_batch(config):
     devices = np.array(jax.devices())
     if devices.size != 8:
         pytest.skip("needs the 8 fake CPU devices that tests/conftest.py sets up")
-    reference = build_pipeline(config)
+    reference = build_pipeline(data_spec(config))
     for shape, names in (((2, 4), ("data", "fsdp")), ((2, 2, 2), ("data", "fsdp", "tensor"))):
-        loader = build_train_loader(config, Mesh(devices.reshape(shape), names))
+        loader = build_train_loader(data_spec(config), Mesh(devices.reshape(shape), names))
         cursor = reference.cursor_at(0)
         for _ in range(4):
             batch = next(loader)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from olmo_jax.config import BatchSizeWarmupConfig, TrainConfig
+from olmo_jax.config import BatchSizeWarmupConfig, TrainConfig, data_spec
 from olmo_jax.data.order import BatchPlan, Cursor, GlobalOrder, batch_size_for, epoch_permutation
+from olmo_jax.data.spec import BatchSizeWarmup
 from olmo_jax.errors import ConfigError
 
 
@@ -51,15 +52,23 @@ def test_without_drop_last_the_last_batch_is_filled_with_the_epochs_first_indice
 def test_batch_size_warmup_doubles_every_n_tokens_up_to_the_global_batch_size():
     config = TrainConfig(global_train_batch_size=16)
     config.batch_size_warmup = BatchSizeWarmupConfig(enabled=True, start_instances=2, double_every_tokens=100)
-    assert [batch_size_for(config, t) for t in (0, 99, 100, 199, 200, 300, 10**9)] == [2, 2, 4, 4, 8, 16, 16]
+    spec = data_spec(config)
+    assert [batch_size_for(spec, t) for t in (0, 99, 100, 199, 200, 300, 10**9)] == [2, 2, 4, 4, 8, 16, 16]
     config.batch_size_warmup.enabled = False
-    assert batch_size_for(config, 0) == 16
+    assert batch_size_for(data_spec(config), 0) == 16
+
+
+def test_the_data_spec_defaults_the_instance_length_and_seed_to_the_runs():
+    config = TrainConfig(seed=7)
+    config.model.max_sequence_length = 64
+    assert (data_spec(config).sequence_length, data_spec(config).seed) == (64, 7)
+    config.data.sequence_length, config.data.seed = 32, 3
+    assert (data_spec(config).sequence_length, data_spec(config).seed) == (32, 3)
+    assert data_spec(config).batch_size_warmup is None  # disabled warmup is no warmup
 
 
 @pytest.mark.parametrize("drop_last", [True, False])
-@pytest.mark.parametrize(
-    "warmup", [None, BatchSizeWarmupConfig(enabled=True, start_instances=2, double_every_tokens=40)]
-)
+@pytest.mark.parametrize("warmup", [None, BatchSizeWarmup(start_instances=2, double_every_tokens=40)])
 def test_advance_jumps_to_the_same_cursor_as_stepping_one_batch_at_a_time(drop_last, warmup):
     # seq_len 4: warmup doubles every 10 instances, so phases end mid-batch and mid-epoch.
     plan = BatchPlan(29, seq_len=4, global_batch_size=8, warmup=warmup, drop_last=drop_last)
@@ -72,7 +81,7 @@ def test_advance_jumps_to_the_same_cursor_as_stepping_one_batch_at_a_time(drop_l
 
 
 def test_warmup_batches_consume_the_order_sequentially():
-    warmup = BatchSizeWarmupConfig(enabled=True, start_instances=1, double_every_tokens=8)
+    warmup = BatchSizeWarmup(start_instances=1, double_every_tokens=8)
     order = GlobalOrder(BatchPlan(100, seq_len=4, global_batch_size=4, warmup=warmup), seed=3)
     perm = olmo_global_indices(100, 3, 0)
     # Sizes: 1, 1 (8 tokens seen) → 2 (16) → 4, 4, ...

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from olmo_jax.data.__main__ import main
-from olmo_jax.data.prepare import PrepareError, prepare, write_token_files
-from olmo_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+from olmo_jax.data.prepare import prepare
+from olmo_jax.data.token_writer import write_token_files
+from olmo_jax.data.tokenizer import load_tokenizer
+from olmo_jax.data.tokenizer_formats import train_sentencepiece
+from olmo_jax.errors import PrepareError
 
 DOCS = [
     "The first document.\nIt has two lines.",

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from olmo_jax.data.tokenizer import (
-    TOKENIZERS_DIR_ENV,
-    SentencePieceTokenizer,
-    TokenizerError,
-    load_tokenizer,
-    train_sentencepiece,
-)
+from olmo_jax.data.tokenizer import TOKENIZERS_DIR_ENV, load_tokenizer
+from olmo_jax.data.tokenizer_formats import SentencePieceTokenizer, train_sentencepiece
+from olmo_jax.errors import TokenizerError
 
 SHARED_TOKENIZERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers"
 DOLMA = SHARED_TOKENIZERS / "allenai_gpt-neox-olmo-dolma-v1_5.json"

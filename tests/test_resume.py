@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from olmo_jax.checkpoint import read_train_meta
+from checkpoint_support import read_train_meta
 
 RUN = [
     "--config=tiny",

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from olmo_jax import cli
-from olmo_jax.convert import from_hf, to_hf
+from olmo_jax.convert.checkpoints import from_hf, to_hf
 from olmo_jax.convert.hf import parse_size
 from olmo_jax.model import PARAM_DTYPES
 

@@ -13,7 +13,9 @@ import shutil
 from pathlib import Path
 
 from olmo_jax.config import ModelConfig
-from olmo_jax.convert.hf import ConversionError
+from olmo_jax.data.tokenizer import resolve_tokenizer_path
+from olmo_jax.data.tokenizer_formats import tokenizer_from_file
+from olmo_jax.errors import ConversionError
 
 HF_JSON_NAME = "tokenizer.json"
 SENTENCEPIECE_NAME = "tokenizer.model"
@@ -69,18 +71,12 @@ def resolve_tokenizer_file(identifier: str | None) -> Path | None:
         return None
     if Path(identifier).is_file():
         return Path(identifier)
-    from olmo_jax.data.tokenizer import resolve_tokenizer_path
-
     return Path(resolve_tokenizer_path(identifier))
 
 
-def tokenizer_identity(path: Path) -> str | None:
-    """The data package's identity string for a tokenizer file (kind + hash), or None without that package."""
-    try:
-        from olmo_jax.data.tokenizer import load_tokenizer
-    except ImportError:
-        return None
-    return load_tokenizer(str(path)).identity
+def tokenizer_identity(path: Path) -> str:
+    """The data package's identity string for a tokenizer file (kind + hash), as manifests and checkpoints hold it."""
+    return tokenizer_from_file(str(path)).identity
 
 
 def write_hf_tokenizer(source: Path, out_dir: Path, config: ModelConfig) -> list[str]:

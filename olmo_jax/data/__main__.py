@@ -9,6 +9,10 @@ from collections.abc import Sequence
 from itertools import chain
 
 from olmo_jax import cli
+from olmo_jax.data.inspect import format_json, format_text, inspect_step, resolve_data_spec
+from olmo_jax.data.pipeline import build_pipeline
+from olmo_jax.data.prepare import ReadReport, input_files, prepare, read_documents
+from olmo_jax.data.tokenizer_formats import SentencePieceTokenizer, train_sentencepiece
 from olmo_jax.errors import ConfigError
 
 
@@ -115,8 +119,6 @@ def build_parser(prog: str = "python -m olmo_jax.data") -> argparse.ArgumentPars
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
-    from olmo_jax.data.prepare import prepare
-
     manifest = prepare(
         args.inputs,
         args.tokenizer,
@@ -143,9 +145,6 @@ def _run_prepare(args: argparse.Namespace) -> None:
 
 
 def _run_train_tokenizer(args: argparse.Namespace) -> None:
-    from olmo_jax.data.prepare import ReadReport, input_files, read_documents
-    from olmo_jax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
-
     report = ReadReport()
     documents = chain.from_iterable(
         read_documents(path, report, text_field=args.text_field, text_unit=args.text_unit)
@@ -169,11 +168,7 @@ def _run_train_tokenizer(args: argparse.Namespace) -> None:
 
 
 def _run_inspect(args: argparse.Namespace, config_name: str | None, overrides: dict[str, str]) -> None:
-    from olmo_jax.data.inspect import format_json, format_text, inspect_step, resolve_config
-    from olmo_jax.data.pipeline import build_pipeline
-
-    config = resolve_config(args.run_dir, config_name, overrides)
-    pipeline = build_pipeline(config)
+    pipeline = build_pipeline(resolve_data_spec(args.run_dir, config_name, overrides))
     for step in args.step:
         record = inspect_step(pipeline, step, decode=args.decode)
         print(format_json(record) if args.format == "json" else format_text(record, args.preview), flush=True)

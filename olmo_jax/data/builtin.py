@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from olmo_jax import atomic
-from olmo_jax.data.source import DataError
+from olmo_jax.data.token_writer import write_token_files
+from olmo_jax.data.tokenizer_formats import SentencePieceTokenizer, train_sentencepiece
+from olmo_jax.errors import DataError
 
 RECIPE_VERSION = 1
 VOCAB_SIZE = 8000
@@ -89,9 +91,6 @@ def _is_validation(name: str) -> bool:
 
 def _build(directory: Path) -> None:
     """Build the corpus into `directory` (which must be empty)."""
-    from olmo_jax.data.prepare import write_token_files
-    from olmo_jax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
-
     documents = list(builtin_documents())
     train = [text for name, text in documents if not _is_validation(name)]
     validation = [(name, text) for name, text in documents if _is_validation(name)]

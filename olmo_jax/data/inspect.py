@@ -11,23 +11,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from olmo_jax.config import TrainConfig, load_config
+from olmo_jax.config import data_spec, load_config
 from olmo_jax.data.pipeline import DataPipeline, token_checksum
+from olmo_jax.data.spec import DataSpec
 from olmo_jax.errors import ConfigError
 
 
-def resolve_config(run_dir: str | None, config: str | None, overrides: dict[str, str]) -> TrainConfig:
-    """The config of a run directory (`<run_dir>/config.yaml`) or of `--config`, with overrides applied."""
+def resolve_data_spec(run_dir: str | None, config: str | None, overrides: dict[str, str]) -> DataSpec:
+    """The data spec of a run directory's config (`<run_dir>/config.yaml`) or of `--config`, with overrides
+    applied; `build_pipeline` turns it into the run's batches."""
     if run_dir is not None and config is not None:
         raise ConfigError("give a run directory or --config, not both")
     if run_dir is not None:
         path = Path(run_dir) / "config.yaml"
         if not path.is_file():
             raise ConfigError(f"run directory {run_dir} has no config.yaml (is it a run directory?)")
-        return load_config(str(path), overrides)
+        return data_spec(load_config(str(path), overrides))
     if config is None:
         raise ConfigError("give a run directory or --config=NAME|PATH")
-    return load_config(config, overrides)
+    return data_spec(load_config(config, overrides))
 
 
 def inspect_step(pipeline: DataPipeline, step: int, *, decode: bool = False) -> dict[str, Any]:

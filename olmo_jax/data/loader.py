@@ -1,10 +1,10 @@
 """The training loader: OLMo's global order, each process reading only its rows, batches as global jax.Arrays.
 
-`build_train_loader(config, mesh)` returns an iterator of `Batch`es. Global batch k is the k-th slice of OLMo's
-order (see `olmo_jax.data.order`), whatever the number of hosts or devices. Each process materialises only the
-rows that its devices hold under `NamedSharding(mesh, P(("data", "fsdp"), None))` and
+`build_train_loader(spec, mesh)` (`spec` a `DataSpec`) returns an iterator of `Batch`es. Global batch k is the k-th
+slice of OLMo's order (see `olmo_jax.data.order`), whatever the number of hosts or devices. Each process
+materialises only the rows that its devices hold under `NamedSharding(mesh, P(("data", "fsdp"), None))` and
 `jax.make_array_from_process_local_data` assembles the global array. Host batches are prefetched in background
-threads by Grain (`data.prefetch` batches ahead, `data.num_workers` threads). `loader.state()` is a small dict
+threads by Grain (`spec.prefetch` batches ahead, `spec.num_workers` threads). `loader.state()` is a small dict
 (epoch, position in the epoch, instances consumed, step, and what the data was); passing it back as
 `start_state` continues with exactly the batch that would have come next.
 """
@@ -19,14 +19,12 @@ import grain
 import jax
 import numpy as np
 
-from olmo_jax.config import TrainConfig
-from olmo_jax.data.order import Cursor, batch_size_for
-from olmo_jax.data.pipeline import DataPipeline, HostBatch, build_pipeline, token_checksum
-from olmo_jax.data.tokenizer import Tokenizer
+from olmo_jax.data.order import Cursor
+from olmo_jax.data.pipeline import DataPipeline, HostBatch, build_pipeline
+from olmo_jax.data.spec import DataSpec
+from olmo_jax.data.tokenizer_formats import Tokenizer
 from olmo_jax.errors import ConfigError
 from olmo_jax.sharding import batch_sharding, batch_shards
-
-__all__ = ["Batch", "TrainLoader", "batch_size_for", "build_train_loader", "sharding_rows", "token_checksum"]
 
 # Grain needs a length; the run's length is the trainer's business, so the step source is effectively endless.
 _ENDLESS = 1 << 62
@@ -121,9 +119,9 @@ class TrainLoader:
 
 
 def build_train_loader(
-    config: TrainConfig, mesh: jax.sharding.Mesh, *, start_state: dict[str, Any] | None = None
+    spec: DataSpec, mesh: jax.sharding.Mesh, *, start_state: dict[str, Any] | None = None
 ) -> TrainLoader:
-    """The loader `config` describes, starting at the beginning or at `start_state` (from `loader.state()`)."""
-    pipeline = build_pipeline(config)
+    """The loader `spec` describes, starting at the beginning or at `start_state` (from `loader.state()`)."""
+    pipeline = build_pipeline(spec)
     start = pipeline.cursor_from_state(start_state) if start_state is not None else Cursor()
-    return TrainLoader(pipeline, mesh, start, prefetch=config.data.prefetch, threads=max(1, config.data.num_workers))
+    return TrainLoader(pipeline, mesh, start, prefetch=spec.prefetch, threads=max(1, spec.num_workers))

@@ -1,4 +1,4 @@
-"""The global order of training instances and the batch plan, rebuilt from the config alone.
+"""The global order of training instances and the batch plan, rebuilt from the data spec alone.
 
 OLMo's order: epoch `e` visits the instance indices `0..N-1` (uint32) shuffled by
 `numpy.random.Generator(numpy.random.PCG64(seed + e)).shuffle`. Global batches take consecutive slices of it:
@@ -22,21 +22,21 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from olmo_jax.config import BatchSizeWarmupConfig, TrainConfig
+from olmo_jax.data.spec import BatchSizeWarmup, DataSpec
 from olmo_jax.errors import ConfigError
 
 
-def batch_size_for(config: TrainConfig, tokens_seen: int) -> int:
+def batch_size_for(spec: DataSpec, tokens_seen: int) -> int:
     """Global batch size (instances) of the batch that starts once `tokens_seen` tokens have been trained on.
 
-    Without batch-size warmup it is `global_train_batch_size`; with it, `batch_size_warmup.start_instances`
-    doubled every `batch_size_warmup.double_every_tokens` tokens, capped at `global_train_batch_size`.
+    Without batch-size warmup it is `spec.global_batch_size`; with it, `start_instances` doubled every
+    `double_every_tokens` tokens, capped at `spec.global_batch_size`.
     """
-    return _warmup_size(tokens_seen, config.global_train_batch_size, config.batch_size_warmup)
+    return _warmup_size(tokens_seen, spec.global_batch_size, spec.batch_size_warmup)
 
 
-def _warmup_size(tokens_seen: int, global_batch_size: int, warmup: BatchSizeWarmupConfig | None) -> int:
-    if warmup is None or not warmup.enabled:
+def _warmup_size(tokens_seen: int, global_batch_size: int, warmup: BatchSizeWarmup | None) -> int:
+    if warmup is None:
         return global_batch_size
     doublings = tokens_seen // warmup.double_every_tokens
     if doublings >= 63:
@@ -75,10 +75,10 @@ class BatchPlan:
         seq_len: int,
         global_batch_size: int,
         *,
-        warmup: BatchSizeWarmupConfig | None = None,
+        warmup: BatchSizeWarmup | None = None,
         drop_last: bool = True,
     ) -> None:
-        self.warmup = warmup if warmup is not None and warmup.enabled else None
+        self.warmup = warmup
         if global_batch_size > num_instances:
             raise ConfigError(
                 f"global_train_batch_size={global_batch_size} is larger than the {num_instances} instances "

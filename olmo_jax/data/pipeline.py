@@ -1,4 +1,4 @@
-"""The host side of the training data, rebuilt from a config alone: instances, global order, batches, state.
+"""The host side of the training data, rebuilt from a `DataSpec` alone: instances, global order, batches, state.
 
 Both the JAX loader (`olmo_jax.data.loader`) and `inspect` use this module, so what inspect prints for step N
 is computed by the same code that fed the trainer. Nothing here imports JAX.
@@ -21,19 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from olmo_jax.config import TrainConfig
+from olmo_jax.data.builtin import ensure_builtin_corpus
 from olmo_jax.data.order import BatchPlan, Cursor, GlobalOrder
 from olmo_jax.data.source import InstanceSource, build_instance_source
-from olmo_jax.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
-from olmo_jax.errors import ConfigError
+from olmo_jax.data.spec import DataSpec
+from olmo_jax.data.tokenizer import load_tokenizer
+from olmo_jax.data.tokenizer_formats import Tokenizer
+from olmo_jax.errors import ConfigError, TokenizerError
 
 STATE_FORMAT = "olmo_jax.loader/1"
 log = logging.getLogger(__name__)
-
-
-def data_seed(config: TrainConfig) -> int:
-    """The shuffle seed: `data.seed` if set, else the run's `seed`."""
-    return config.data.seed if config.data.seed is not None else config.seed
 
 
 def batch_fingerprint(identity: str, indices: np.ndarray) -> str:
@@ -51,17 +48,6 @@ def token_checksum(tokens: Any, xp: Any = np) -> Any:
     return xp.sum(tokens.astype(xp.uint32) * weights, dtype=xp.uint32)
 
 
-def contiguous_rows(batch_size: int, process_index: int, process_count: int) -> np.ndarray:
-    """Rows of a global batch that process `process_index` of `process_count` loads, when each process owns one
-    equal contiguous block (the layout of a mesh whose batch axes list devices process by process)."""
-    if batch_size % process_count:
-        raise ConfigError(f"a global batch of {batch_size} instances cannot be split over {process_count} processes")
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
-    per_process = batch_size // process_count
-    return np.arange(process_index * per_process, (process_index + 1) * per_process)
-
-
 @dataclass(frozen=True)
 class HostBatch:
     """One global batch as a host sees it: every index, but the tokens of its own rows only."""
@@ -76,7 +62,7 @@ class HostBatch:
 
 
 class DataPipeline:
-    """Instances, plan and order of one config; `batch(cursor, rows)` materialises a host's part of a batch."""
+    """Instances, plan and order of one `DataSpec`; `batch(cursor, rows)` materialises a host's part of a batch."""
 
     def __init__(self, source: InstanceSource, plan: BatchPlan, seed: int, tokenizer: Tokenizer | None) -> None:
         self.source = source
@@ -138,8 +124,8 @@ class DataPipeline:
             raise ConfigError(f"loader state lacks {e.args[0]!r}") from None
 
 
-def _tokenizer_for(config: TrainConfig, builtin_tokenizer: str | None) -> Tokenizer | None:
-    identifier = config.tokenizer.identifier
+def _tokenizer_for(spec: DataSpec, builtin_tokenizer: str | None) -> Tokenizer | None:
+    identifier = spec.tokenizer
     if builtin_tokenizer is not None:
         if identifier not in (None, "builtin"):
             raise ConfigError(
@@ -155,45 +141,40 @@ def _tokenizer_for(config: TrainConfig, builtin_tokenizer: str | None) -> Tokeni
         # Training does not need the tokenizer; decoding in inspect and the EOS check below do.
         log.warning("tokenizer unavailable, continuing without it: %s", e)
         return None
-    model = config.model
-    if tokenizer.eos_token_id != model.eos_token_id:
+    if tokenizer.eos_token_id != spec.eos_token_id:
         raise ConfigError(
             f"the tokenizer {identifier!r} has EOS id {tokenizer.eos_token_id} but model.eos_token_id is "
-            f"{model.eos_token_id}; set --config.model.eos_token_id={tokenizer.eos_token_id} or use the tokenizer "
+            f"{spec.eos_token_id}; set --config.model.eos_token_id={tokenizer.eos_token_id} or use the tokenizer "
             "the data was made with (OLMo's two GPT-NeoX files swap ids 0 and 50279)"
         )
-    if tokenizer.vocab_size > model.vocab_size:
+    if tokenizer.vocab_size > spec.vocab_size:
         raise ConfigError(
-            f"the tokenizer {identifier!r} has {tokenizer.vocab_size} tokens but model.vocab_size is {model.vocab_size}"
+            f"the tokenizer {identifier!r} has {tokenizer.vocab_size} tokens but model.vocab_size is {spec.vocab_size}"
         )
     return tokenizer
 
 
-def build_pipeline(config: TrainConfig) -> DataPipeline:
-    """The data pipeline `config` describes (building the built-in corpus when it is the one to use)."""
-    seq_len = config.sequence_length
-    seed = data_seed(config)
-    paths, sources = list(config.data.paths), dict(config.data.sources)
+def build_pipeline(spec: DataSpec) -> DataPipeline:
+    """The data pipeline `spec` describes (building the built-in corpus when it is the one to use)."""
+    paths, sources = list(spec.paths), dict(spec.sources)
     builtin_tokenizer = None
-    if not paths and not sources and config.data.builtin_corpus:
-        from olmo_jax.data.builtin import ensure_builtin_corpus
-
-        corpus = ensure_builtin_corpus(seq_len)
+    if not paths and not sources and spec.builtin_corpus:
+        corpus = ensure_builtin_corpus(spec.sequence_length)
         paths, builtin_tokenizer = corpus.token_paths, corpus.tokenizer_path
     source = build_instance_source(
         paths,
         sources,
-        seq_len=seq_len,
-        vocab_size=config.model.vocab_size,
-        dtype=config.data.dtype,
-        seed=seed,
+        seq_len=spec.sequence_length,
+        vocab_size=spec.vocab_size,
+        dtype=spec.dtype,
+        seed=spec.seed,
     )
-    tokenizer = _tokenizer_for(config, builtin_tokenizer)
+    tokenizer = _tokenizer_for(spec, builtin_tokenizer)
     plan = BatchPlan(
         len(source),
-        seq_len,
-        config.global_train_batch_size,
-        warmup=config.batch_size_warmup,
-        drop_last=config.data.drop_last,
+        spec.sequence_length,
+        spec.global_batch_size,
+        warmup=spec.batch_size_warmup,
+        drop_last=spec.drop_last,
     )
-    return DataPipeline(source, plan, seed, tokenizer)
+    return DataPipeline(source, plan, spec.seed, tokenizer)

@@ -1,6 +1,6 @@
 """Where a task's rows come from: a local copy (two layouts) or `datasets.load_dataset`.
 
-Local layouts under `--data_dir=DIR` (both as in `../shared/data/eval`):
+Local layouts under `--data_dir=DIR`:
 - `DIR/<task>/validation/`: what `datasets.Dataset.save_to_disk` writes (Arrow IPC stream files listed in
   `state.json`), read with pyarrow, which is optional (`pip install pyarrow`);
 - `DIR/<task>.validation.jsonl`: one JSON object per line.

@@ -2,8 +2,8 @@
 
 Each task turns one dataset row into a `Question`: a list of candidates, each a (context, continuation)
 pair plus the context used for unconditional ("domain-conditional") normalisation, and the index of the
-correct candidate. The strings follow OLMo's in-loop evaluator exactly (see
-`../shared/notes/olmo-reference.md`); every continuation starts with a space.
+correct candidate. The strings follow OLMo's in-loop evaluator exactly (allenai/OLMo's
+`olmo/eval/downstream.py`; golden tests hold them); every continuation starts with a space.
 
 Adding a task is local: write a `row -> Question` function and `register(Task(...))` it below.
 """
@@ -20,13 +20,10 @@ from olmo_jax.errors import EvalError
 Row = Mapping[str, Any]
 
 # The metrics every task reports. Each scores every candidate, then checks the argmax against the label.
+# acc: the sum of the continuation's token log-probabilities; acc_per_token: that sum over its tokens;
+# acc_per_char: over its characters (leading space excluded, as OLMo); acc_uncond: log p(cont | context) -
+# log p(cont | unconditional prompt) (PMI).
 METRICS = ("acc", "acc_per_token", "acc_per_char", "acc_uncond")
-METRIC_DESCRIPTIONS = {
-    "acc": "sum of the continuation's token log-probabilities",
-    "acc_per_token": "the sum divided by the continuation's number of tokens",
-    "acc_per_char": "the sum divided by the continuation's characters (leading space excluded, as OLMo)",
-    "acc_uncond": "log p(continuation | context) - log p(continuation | unconditional prompt) (PMI)",
-}
 
 
 @dataclass(frozen=True)
