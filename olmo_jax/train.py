@@ -153,7 +153,9 @@ def train_step(
     config = setup.config
     z_weight = config.auxiliary_loss_multiplier if config.softmax_auxiliary_loss else 0.0
     batch, seq = tokens.shape
-    denominator = batch * (seq - 1)
+    # OLMo divides the summed losses by input_ids.numel() = B x T (olmo/train.py, `Trainer.train_batch`),
+    # although only B x (T-1) positions have a label.
+    denominator = batch * seq
     n_micro = setup.micro_batches
 
     def loss(params, micro_tokens):
@@ -491,7 +493,7 @@ def _fit(
                 lr = learning_rate(
                     update, tokens_seen, config.optimizer.learning_rate, config.scheduler, steps, run_tokens
                 )
-                clip = grad_clip_limit(update, config.max_grad_norm, config.scheduler)
+                clip = grad_clip_limit(update, tokens_seen - batch_size * seq, config.max_grad_norm, config.scheduler)
                 state, metrics = step_fn_for(batch_size)(state, batch.input_ids, lr, clip if clip is not None else 0.0)
                 if one_step_in_flight:
                     jax.block_until_ready(metrics)
