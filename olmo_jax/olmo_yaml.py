@@ -106,14 +106,19 @@ _TOP_KEYS = (
     "save_folder", "save_interval", "load_path", "eval_interval", "softmax_auxiliary_loss",
     "auxiliary_loss_multiplier", "time_limit",
 )  # fmt: skip
-# Training options olmo_jax does not have, with the value that leaves OLMo's training unchanged.
-_TRAINING_UNSUPPORTED: dict[str, Any] = {
-    "max_grad_norm_ratio": None,  # adaptive clipping
-    "stop_at": None,  # olmo_jax stops at max_duration
-    "stop_after": None,
-    "epoch": None,  # start the data order at a later epoch
+# Training options olmo_jax does not have, with the values that leave OLMo's training unchanged.
+_TRAINING_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "max_grad_norm_ratio": (None,),  # adaptive clipping
+    "stop_at": (None,),  # olmo_jax stops at max_duration
+    "stop_after": (None,),
+    "epoch": (None, 0),  # start the data order at a later epoch
 }
-_DATA_UNSUPPORTED: dict[str, Any] = {"label_mask_paths": None, "generate_doc_lengths": False, "instance_filter": None}
+_DATA_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "label_mask_paths": (None, []),
+    "generate_doc_lengths": (False,),  # attention within documents only
+    "instance_filter": (None,),
+}
+Refuse = Callable[[str | None, str, Any], None]
 _PRECISION = {"amp_bf16": "bfloat16", "amp_fp16": "float16", "fp32": "float32"}
 # OLMo's evaluator labels of the core tasks (olmo/eval/downstream.py `label_to_task_map`) -> our task names.
 _TASK_LABELS = {TASKS[name].olmo_label or name: name for name in CORE9}
@@ -161,7 +166,7 @@ def translate_olmo_yaml(raw: dict[str, Any]) -> TrainConfig:
     ours["scheduler"] = {key: scheduler[key] for key in _SCHEDULER_KEYS}
 
     for key, neutral in _TRAINING_UNSUPPORTED.items():
-        if data[key] != neutral:
+        if data[key] not in neutral:
             refuse(None, key, data[key])
     ours["data"] = _translate_data(data["data"], refuse)
     ours["tokenizer"] = {"identifier": data["tokenizer"]["identifier"]}
@@ -179,6 +184,8 @@ def translate_olmo_yaml(raw: dict[str, Any]) -> TrainConfig:
     ours["evaluation"], skipped_evaluators = _translate_evaluators(data["evaluators"] or [])
     if data["eval_subset_num_batches"] < 0:
         ours["evaluation"]["limit"] = None  # OLMo's -1: every example
+    else:
+        skipped.append("eval_subset_num_batches (OLMo counts batches; olmo_jax's evaluation.limit counts questions)")
     skipped += skipped_evaluators
 
     if refused:
@@ -207,7 +214,7 @@ def with_olmo_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _translate_model(model: dict[str, Any], refuse, skipped: list[str]) -> dict[str, Any]:
+def _translate_model(model: dict[str, Any], refuse: Refuse, skipped: list[str]) -> dict[str, Any]:
     for key, allowed in _ARCHITECTURE.items():
         if model[key] not in allowed:
             refuse("model", key, model[key])
@@ -221,13 +228,13 @@ def _translate_model(model: dict[str, Any], refuse, skipped: list[str]) -> dict[
     return {key: model[key] for key in _MODEL_KEYS}
 
 
-def _translate_data(data: dict[str, Any], refuse) -> dict[str, Any]:
+def _translate_data(data: dict[str, Any], refuse: Refuse) -> dict[str, Any]:
     for key, neutral in _DATA_UNSUPPORTED.items():
-        if data[key] not in (neutral, [], {}):
+        if data[key] not in neutral:
             refuse("data", key, data[key])
     if data["memmap_dtype"] not in ("uint16", "uint32"):
         refuse("data", "memmap_dtype", data["memmap_dtype"])
-    out = {
+    return {
         "paths": data["paths"] or [],
         "sources": data["datasets"] or {},
         "dtype": data["memmap_dtype"],
@@ -237,7 +244,6 @@ def _translate_data(data: dict[str, Any], refuse) -> dict[str, Any]:
         # The original trains only on the files it is given: never fall back to the built-in corpus.
         "builtin_corpus": False,
     }
-    return out
 
 
 def _translate_evaluators(evaluators: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
