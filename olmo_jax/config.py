@@ -100,7 +100,8 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5
     init_fn: Literal["mitchell", "normal"] = "mitchell"
     init_std: float = 0.02  # used by init_fn=normal
-    init_cutoff_factor: float | None = 3.0  # truncation in units of std (None: untruncated normal)
+    # Truncation in units of std. None: 3 with mitchell (OLMo's `or 3.0`), untruncated with normal.
+    init_cutoff_factor: float | None = 3.0
     eos_token_id: int = 50279
     pad_token_id: int = 1
     # JAX-side choices (no OLMo equivalent).
@@ -615,14 +616,16 @@ def load_config(name_or_path: str, overrides: dict[str, str] | None = None) -> T
     """Resolve `--config=NAME|PATH`, apply `--config.key=value` overrides and validate the result.
 
     A path whose YAML is an original OLMo config (it has OLMo-only keys such as `precision`, `fsdp` or
-    `model.block_type`) is translated by `olmo_jax.olmo_yaml`.
+    `model.block_type`, or the path is written `olmo:PATH`) is translated by `olmo_jax.olmo_yaml`.
     """
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # A short OLMo file can look like one of ours; `olmo:` says which it is.
+    is_olmo = name_or_path.startswith("olmo:")
+    path = Path(name_or_path.removeprefix("olmo:"))
+    if is_olmo or path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise ConfigError(f"config file {name_or_path} does not exist")
+            raise ConfigError(f"config file {path} does not exist")
         data = _read_yaml(path)
-        config = from_dict(TrainConfig, translate_olmo_yaml(data) if is_olmo_yaml(data) else data)
+        config = from_dict(TrainConfig, translate_olmo_yaml(data) if is_olmo or is_olmo_yaml(data) else data)
     else:
         names = preset_names()
         if name_or_path not in names:

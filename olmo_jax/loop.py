@@ -137,10 +137,11 @@ class Steps:
     def __call__(self, state: TrainState, update: int, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         """Update number `update` (1-based, as OLMo's schedules count) on `batch` (a loader `Batch`)."""
         config = self.setup.config
+        tokens_before = self.tokens_seen
         self.tokens_seen += batch.input_ids.size
         peak, scheduler = config.optimizer.learning_rate, config.scheduler
         self.lr = learning_rate(update, self.tokens_seen, peak, scheduler, self.total_steps, self.total_tokens)
-        clip = grad_clip_limit(update, config.max_grad_norm, scheduler)
+        clip = grad_clip_limit(update, tokens_before, config.max_grad_norm, scheduler)
         step = self._step_for(batch.input_ids.shape[0])
         state, metrics = step(state, batch.input_ids, self.lr, 0.0 if clip is None else clip)
         if self.synchronous:

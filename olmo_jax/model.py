@@ -6,7 +6,8 @@ OLMo-1 specifics, each as in allenai/OLMo's `olmo/model.py`:
 - LayerNorm without weight or bias, eps 1e-5, computed in fp32.
 - No biases, no dropout. Full multi-head causal attention with rotate-half RoPE computed in fp32.
 - SwiGLU with a fused input projection whose first half is "up" and second half the gate.
-- Mitchell init: truncated normal (+-3 std), output projections scaled down with depth.
+- Mitchell init: truncated normal (+-`init_cutoff_factor` std, 3 when unset), output projections scaled
+  down with depth.
 
 Layer weights are stored stacked along a leading `layers` axis whether the layers run under
 `jax.lax.scan` or unrolled, so a checkpoint does not depend on that switch. Every parameter carries
@@ -64,8 +65,12 @@ def init_std(config: ModelConfig, name: str, layer: jax.Array | int = 0) -> jax.
 
 
 def _truncated_normal(key: jax.Array, shape: tuple[int, ...], std, config: ModelConfig, dtype) -> jax.Array:
-    """Normal(0, std) truncated at +-cutoff*std, as torch's trunc_normal_ with a=-3std, b=3std."""
-    cutoff = 3.0 if config.init_fn == "mitchell" else config.init_cutoff_factor
+    """Normal(0, std) truncated at +-cutoff*std, as torch's trunc_normal_ with a=-cutoff*std, b=cutoff*std.
+
+    The cutoff is OLMo's (olmo/model.py, every `reset_parameters`): `init_cutoff_factor or 3.0` for Mitchell
+    init, `init_cutoff_factor` (None: untruncated) for normal init.
+    """
+    cutoff = (config.init_cutoff_factor or 3.0) if config.init_fn == "mitchell" else config.init_cutoff_factor
     if cutoff is None:
         unit = jax.random.normal(key, shape, jnp.float32)
     else:

@@ -5,8 +5,9 @@ The learning rate and the clipping limit are injected hyperparameters set from t
 because OLMo's schedules may run in token units (and the batch size may grow), which a step count
 inside the jitted update cannot know.
 
-Step convention (OLMo's trainer): the k-th update (k = 1, 2, ...) uses `lr_at(k)` in step units, or
-`lr_at(tokens seen after k batches)` in token units; likewise the clip warmup applies while k <= N.
+Step convention (OLMo's trainer, olmo/train.py `Trainer.fit` and `Trainer.train_step`): the k-th update
+(k = 1, 2, ...) uses `lr_at(k)` in step units, or `lr_at(tokens seen after k batches)` in token units. The
+clipping limit lags one update behind (see `grad_clip_limit`).
 """
 
 from __future__ import annotations
@@ -30,12 +31,28 @@ def decay_mask(params: dict, optimizer: OptimizerConfig) -> dict:
     return {name: optimizer.decay_embeddings if name in EMBEDDING_PARAMS else True for name in params}
 
 
+def clip_by_global_norm(max_norm: jax.Array | float) -> optax.GradientTransformation:
+    """OLMo's global-norm clipping: every gradient times min(1, max_norm / (norm + 1e-6)).
+
+    olmo/optim.py, `Optimizer._do_global_fixed_clipping`; the 1e-6 (which Optax's `clip_by_global_norm`
+    lacks) makes a gradient whose norm equals the limit shrink very slightly, as in OLMo.
+    """
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        coefficient = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+        return jax.tree.map(lambda g: (g * coefficient).astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(params: dict, optimizer: OptimizerConfig, max_grad_norm: float | None):
     """The Optax chain, with `learning_rate` and `max_grad_norm` as injectable hyperparameters."""
     mask = decay_mask(params, optimizer)
 
     def chain(learning_rate, max_grad_norm):
-        clip = optax.clip_by_global_norm(max_grad_norm) if max_grad_norm is not None else optax.identity()
+        clip = clip_by_global_norm(max_grad_norm) if max_grad_norm is not None else optax.identity()
         return optax.chain(
             clip,
             optax.adamw(
@@ -107,12 +124,24 @@ def learning_rate(
     return lr
 
 
-def grad_clip_limit(step: int, max_grad_norm: float | None, scheduler: SchedulerConfig) -> float | None:
-    """OLMo's grad-clip warmup: the limit is `factor` x larger while step <= grad_clip_warmup_steps."""
+def grad_clip_limit(
+    update: int, tokens_before: int, max_grad_norm: float | None, scheduler: SchedulerConfig
+) -> float | None:
+    """The clipping limit of update number `update` (1-based) that follows `tokens_before` tokens, as OLMo applies it.
+
+    OLMo's `Trainer.train_step` (olmo/train.py) clips with the limit already stored in its optimizer's
+    param groups and only afterwards stores the limit for the current step, so update k clips with the
+    warmup decision taken at update k-1: update 1 with plain `max_grad_norm` (build_optimizer's param
+    groups), updates 2..N+1 with `grad_clip_warmup_factor` x `max_grad_norm`. The decision
+    (`Scheduler._get_max_grad_norm_coeff`, olmo/optim.py) warms while OLMo's `scheduler_current` is at most
+    `grad_clip_warmup_steps`; `scheduler_current` is the step (k-1), or with `scheduler.units: tokens` the
+    tokens seen after k-1 batches (`tokens_before`), so the "steps" are then tokens.
+    """
     if max_grad_norm is None:
         return None
-    if scheduler.grad_clip_warmup_steps is None or scheduler.grad_clip_warmup_factor is None:
+    if update <= 1 or scheduler.grad_clip_warmup_steps is None or scheduler.grad_clip_warmup_factor is None:
         return max_grad_norm
-    if step > scheduler.grad_clip_warmup_steps:
+    previous = update - 1 if scheduler.units == "steps" else tokens_before
+    if previous > scheduler.grad_clip_warmup_steps:
         return max_grad_norm
     return max_grad_norm * scheduler.grad_clip_warmup_factor

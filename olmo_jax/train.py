@@ -130,7 +130,9 @@ def train_step(
     config = setup.config
     z_weight = config.auxiliary_loss_multiplier if config.softmax_auxiliary_loss else 0.0
     batch, seq = tokens.shape
-    denominator = batch * (seq - 1)
+    # OLMo divides the summed losses by input_ids.numel() = B x T (olmo/train.py, `Trainer.train_batch`),
+    # although only B x (T-1) positions have a label.
+    denominator = batch * seq
     n_micro = setup.micro_batches
 
     def loss(params, micro_tokens):

@@ -34,10 +34,13 @@ def setup(tmp_path_factory):
 def test_in_loop_metrics_are_flat_and_cover_every_task_metric_and_source(setup):
     tokenizer, model, eval_config = setup
     metrics = evaluator.evaluate_in_loop(model, tokenizer, eval_config)
-    expected = {f"eval/{task}/{m}" for task in ("copa", "boolq") for m in (*METRICS, "primary")}
+    expected = {f"eval/{task}/{m}" for task in ("copa", "boolq") for m in (*METRICS, "primary", "inloop")}
+    # What OLMo's in-loop evaluator logs, under its names (olmo/eval/evaluator.py): acc for both tasks.
+    expected |= {"eval/downstream/copa_acc", "eval/downstream/boolq_acc"}
     expected |= {"eval/ppl/ppl/bits_per_byte", "eval/ppl/ppl/perplexity"}
     assert set(metrics) == expected
     assert all(isinstance(v, float) for v in metrics.values())
+    assert metrics["eval/downstream/copa_acc"] == metrics["eval/copa/inloop"] == metrics["eval/copa/acc"]
 
 
 def test_later_calls_reuse_the_prepared_data_and_compiled_scorer(setup):

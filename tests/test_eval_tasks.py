@@ -270,6 +270,61 @@ def test_primary_metrics_are_the_papers_choices():
     }
 
 
+def test_in_loop_metrics_are_olmos_metric_types_under_olmos_names():
+    """OLMo's in-loop evaluator logs each task's `metric_type` (olmo/eval/downstream.py: len_norm, the
+    per-character sum, for PIQA, HellaSwag, OpenBookQA and ArcChallenge; acc for the others) as
+    eval/downstream/<label>_<metric_type> (olmo/eval/evaluator.py), labels from `label_to_task_map`."""
+    assert {name: TASKS[name].inloop_metric for name in CORE9} == {
+        "arc_challenge": "acc_per_char",
+        "arc_easy": "acc",
+        "openbookqa": "acc_per_char",
+        "hellaswag": "acc_per_char",
+        "piqa": "acc_per_char",
+        "winogrande": "acc",
+        "boolq": "acc",
+        "copa": "acc",
+        "sciq": "acc",
+    }
+    assert sorted(TASKS[name].olmo_metric_name for name in CORE9) == [
+        "arc_challenge_len_norm", "arc_easy_acc", "boolq_acc", "copa_acc", "hellaswag_len_norm",
+        "openbook_qa_len_norm", "piqa_len_norm", "sciq_acc", "winogrande_acc",
+    ]  # fmt: skip
+
+
+class FixedScorer:
+    """Returns given log-likelihoods for the requests, in order: the metric arithmetic under test, no model."""
+
+    def __init__(self, loglikelihood: list[float]):
+        self.loglikelihood = np.array(loglikelihood)
+
+    def score(self, requests, progress=None):
+        from olmo_jax.eval.scoring import Scores
+
+        n = len(requests)
+        return Scores(self.loglikelihood, np.zeros(n, bool), np.ones(n, int), rows=n, tokens=n)
+
+
+class CharTokenizer:
+    eos_token_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+
+def test_pmi_dc_is_olmos_ratio_and_acc_uncond_the_difference():
+    """olmo/eval/downstream.py `ICLMetric.update`: pmi_dc scores a candidate by
+    log p(cont | ctx) / log p(cont | domain prompt), argmax as every metric; acc_uncond is the difference."""
+    from olmo_jax.eval.downstream import prepare_task, score_task
+
+    row = {"passage": "p", "question": "q", "answer": True}  # candidates " yes" (correct), " no"
+    prepared = prepare_task(TASKS["boolq"], [row], CharTokenizer())
+    # Conditional (yes, no) then unconditional (yes, no): ratios 3 > 1.33 pick "yes"; differences -2 < -1 "no".
+    result = score_task(prepared, FixedScorer([-3.0, -4.0, -1.0, -3.0]))
+    assert result.metrics["pmi_dc"] == 1.0 and result.metrics["acc_uncond"] == 0.0
+    # Per character, leading space excluded (3 and 2 characters): -1 > -2.
+    assert result.metrics["acc_per_char"] == 1.0
+
+
 def test_resolve_tasks_expands_groups_and_keeps_order_without_duplicates():
     assert [t.name for t in resolve_tasks("core9")] == list(CORE9)
     assert [t.name for t in resolve_tasks("piqa, boolq,piqa")] == ["piqa", "boolq"]

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from olmo_jax.config import ModelConfig, load_config
-from olmo_jax.model import OLMo, flops_per_token, num_params
+from olmo_jax.model import OLMo, flops_per_token, init_std, num_params
 
 
 def small(**changes) -> ModelConfig:
@@ -47,6 +47,22 @@ def test_fresh_tiny_init_follows_mitchell_per_layer():
         for layer, std in enumerate(stds):
             assert np.std(weights[layer]) == pytest.approx(std, rel=0.05), (name, layer)
             assert np.abs(weights[layer]).max() <= 3 * std * (1 + 1e-6), (name, layer)  # truncated at 3 std
+
+
+@pytest.mark.parametrize("cutoff, expected", [(2.0, 2.0), (None, 3.0)])
+def test_mitchell_init_truncates_at_olmos_cutoff(cutoff, expected):
+    """olmo/model.py (every `reset_parameters`): Mitchell init truncates at `init_cutoff_factor or 3.0`
+    standard deviations."""
+    config = small(init_fn="mitchell", init_cutoff_factor=cutoff, weight_tying=False)
+    model = OLMo(config, rngs=nnx.Rngs(0))
+    extremes = []  # max |w| / std of every weight (and layer)
+    for name in ("wte", "lm_head", "att_proj", "attn_out", "ff_proj", "ff_out"):
+        weights = np.asarray(getattr(model, name)[...])
+        layers = weights if name not in ("wte", "lm_head") else weights[None]
+        extremes += [np.abs(w).max() / float(init_std(config, name, i)) for i, w in enumerate(layers)]
+    # ~140,000 draws: the largest comes within 1.5% of the cutoff (with a 3-std cutoff ~1 draw in 2,500
+    # lies beyond 2.955 std), and none passes it.
+    assert expected * 0.985 < max(extremes) <= expected * (1 + 1e-6)
 
 
 def test_untied_head_is_its_own_weight_with_embedding_std():

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from olmo_jax.config import OptimizerConfig, SchedulerConfig
-from olmo_jax.optim import decay_mask, grad_clip_limit, learning_rate, lr_at, make_optimizer, set_hyperparams
+from olmo_jax.optim import (
+    clip_by_global_norm,
+    decay_mask,
+    grad_clip_limit,
+    learning_rate,
+    lr_at,
+    make_optimizer,
+    set_hyperparams,
+)
 
 PEAK = 1e-3
 
@@ -58,13 +66,48 @@ def test_final_anneal_reaches_zero_linearly():
     assert learning_rate(1000, **args) == 0.0
 
 
-def test_grad_clip_warmup_is_factor_times_limit_through_the_warmup_steps():
+UPDATES = (1, 2, 500, 501, 502, 1000, 1001, 1002, 5000)
+
+
+def test_clip_warmup_lags_one_update_behind_as_in_olmo_7b():
+    """OLMo's `Trainer.train_step` (olmo/train.py) clips with the limit its param groups hold, then stores
+    `Scheduler.get_max_grad_norm(max_grad_norm, scheduler_current)` (olmo/optim.py) for the next update:
+    update 1 clips at the plain limit (build_optimizer's param groups) and update k at the warmup decision of
+    step k-1, which warms while k-1 <= grad_clip_warmup_steps. OLMo-7B.yaml: 1000 steps, factor 10."""
     scheduler = sched(grad_clip_warmup_steps=1000, grad_clip_warmup_factor=10.0)
-    assert grad_clip_limit(1, 1.0, scheduler) == 10.0
-    assert grad_clip_limit(1000, 1.0, scheduler) == 10.0
-    assert grad_clip_limit(1001, 1.0, scheduler) == 1.0
-    assert grad_clip_limit(5, 1.0, sched()) == 1.0
-    assert grad_clip_limit(5, None, scheduler) is None
+    tokens_per_step = 2048 * 2048  # ignored in step units
+    limits = {k: grad_clip_limit(k, (k - 1) * tokens_per_step, 1.0, scheduler) for k in UPDATES}
+    warm = {2, 500, 501, 502, 1000, 1001}
+    assert limits == {k: 10.0 if k in warm else 1.0 for k in UPDATES}
+
+
+def test_clip_warmup_in_token_units_counts_tokens_as_in_olmo_7b_0724():
+    """With `scheduler.units: tokens`, OLMo's `scheduler_current` (olmo/train.py) is
+    `global_train_tokens_seen`, so `grad_clip_warmup_steps` is compared with tokens: update k clips at the
+    decision taken after k-1 batches. OLMo-7B-0724.yaml: 1024 x 4096 tokens a batch, warmup
+    2,097,152,000 tokens (= 500 batches), factor 5: warm for updates 2..501."""
+    scheduler = sched(units="tokens", grad_clip_warmup_steps=2_097_152_000, grad_clip_warmup_factor=5.0)
+    tokens_per_step = 1024 * 4096
+    limits = {k: grad_clip_limit(k, (k - 1) * tokens_per_step, 1.0, scheduler) for k in UPDATES}
+    assert limits == {k: 5.0 if 2 <= k <= 501 else 1.0 for k in UPDATES}
+
+
+def test_clip_limit_without_warmup_or_without_clipping():
+    assert grad_clip_limit(5, 0, 1.0, sched()) == 1.0
+    assert grad_clip_limit(5, 0, None, sched(grad_clip_warmup_steps=10, grad_clip_warmup_factor=2.0)) is None
+
+
+def test_clipping_multiplies_by_olmos_coefficient():
+    """olmo/optim.py `Optimizer._do_global_fixed_clipping`: every gradient times
+    min(1, max_norm / (total_norm + 1e-6)). With a norm of 5e-4 and a limit of 1e-4 the 1e-6 is visible:
+    0.1996008 rather than 0.2."""
+    grads = {"a": jnp.array([3e-4, 0.0]), "b": jnp.array([[4e-4]])}
+    clipped, _ = clip_by_global_norm(1e-4).update(grads, None)
+    coefficient = 1e-4 / (5e-4 + 1e-6)
+    np.testing.assert_allclose(clipped["a"], [3e-4 * coefficient, 0.0], rtol=1e-6)  # fp32 rounding
+    np.testing.assert_allclose(clipped["b"], [[4e-4 * coefficient]], rtol=1e-6)
+    untouched, _ = clip_by_global_norm(1.0).update(grads, None)
+    assert all(np.array_equal(untouched[k], grads[k]) for k in grads)
 
 
 @pytest.mark.parametrize(
@@ -82,13 +125,13 @@ def test_decay_groups_follow_olmo(names, flags, decayed):
 
 
 def reference_adamw(params, grads_per_step, lrs, clip, wd, b1, b2, eps, decayed):
-    """PyTorch AdamW (decoupled decay scaled by LR) after global-norm clipping, in float64 numpy."""
+    """PyTorch AdamW (decoupled decay scaled by LR) after OLMo's global-norm clipping, in float64 numpy."""
     params = {k: v.astype(np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in params.items()}
     v = {k: np.zeros_like(p) for k, p in params.items()}
     for t, (grads, lr) in enumerate(zip(grads_per_step, lrs, strict=True), start=1):
         norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values()))
-        scale = min(1.0, clip / norm)
+        scale = min(1.0, clip / (norm + 1e-6))
         for k in params:
             g = grads[k] * scale
             if decayed[k]:

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from olmo_jax import sharding
 from olmo_jax.config import MeshConfig, load_config
@@ -61,6 +62,29 @@ def test_one_device_fsdp8_and_data2_fsdp4_train_identically():
         for name in params:
             np.testing.assert_allclose(params[name], reference_params[name], rtol=1e-5, atol=1e-5, err_msg=name)
     assert reference_losses[-1] < reference_losses[0]
+
+
+def test_losses_are_summed_and_divided_by_batch_times_sequence_length():
+    """OLMo (olmo/train.py, `Trainer.train_batch` and `train_micro_batch`) sums each micro-batch's token
+    cross-entropy and z-loss (logsumexp^2) and divides by `batch["input_ids"].numel()` = B x T of the whole
+    batch, although only B x (T-1) positions have a label; the micro-batches' quotients add up."""
+    config = tiny(
+        softmax_auxiliary_loss="true", device_train_microbatch_size=4, model__d_model=64, model__n_layers=1,
+        model__vocab_size=512, model__embedding_size=512,
+    )  # fmt: skip
+    mesh = mesh_of(1, 1)
+    setup = build(config, mesh)
+    state = init_state(setup, seed=0)
+    tokens = random_batches(1, vocab=512)[0]
+    logits = np.asarray(nnx.merge(setup.graphdef, state.params)(tokens), np.float64)[:, :-1]
+    log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    label_logits = np.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
+    batch, seq = tokens.shape
+    with jax.set_mesh(mesh):
+        _, metrics = jit_train_step(setup)(state, jax.device_put(tokens, setup.batch_sharding), 0.0, 1.0)
+    # fp32 sums of 248 terms against a float64 reference: 1e-5 relative.
+    assert float(metrics["ce_loss"]) == pytest.approx((log_z - label_logits).sum() / (batch * seq), rel=1e-5)
+    assert float(metrics["z_loss"]) == pytest.approx((log_z**2).sum() / (batch * seq), rel=1e-5)
 
 
 # Summing partial gradients only reorders fp32 additions; Adam's first step is ~lr * sign(g), so at

@@ -109,6 +109,8 @@ class TaskResult:
     task: str
     primary_metric: str
     metrics: dict[str, float]
+    inloop_metric: str  # the metric OLMo's in-loop evaluator logs for the task
+    olmo_metric_name: str  # OLMo's name for it, `<label>_<metric_type>`
     questions: int
     requests: int
     rows: int  # model rows run after sharing
@@ -121,10 +123,17 @@ class TaskResult:
     def primary(self) -> float:
         return self.metrics[self.primary_metric]
 
+    @property
+    def inloop(self) -> float:
+        return self.metrics[self.inloop_metric]
+
     def to_json(self) -> dict[str, Any]:
         out = {
             "primary_metric": self.primary_metric,
             "primary": self.primary,
+            "inloop_metric": self.inloop_metric,
+            "inloop": self.inloop,
+            "olmo_metric_name": self.olmo_metric_name,
             "metrics": self.metrics,
             "questions": self.questions,
             "requests": self.requests,
@@ -159,6 +168,9 @@ def score_task(prepared: PreparedTask, scorer: Scorer, save_requests: bool = Fal
         "acc_per_token": conditional / scores.scored_tokens[:n],
         "acc_per_char": conditional / prepared.continuation_chars,
         "acc_uncond": conditional - unconditional,
+        # OLMo's pmi_dc (olmo/eval/downstream.py, `ICLMetric.update`): the ratio of the two sums, argmax as for
+        # every other metric (both sums are negative, so a larger ratio is a relatively less likely answer).
+        "pmi_dc": conditional / unconditional,
     }
     metrics = {name: accuracy(normalised[name], prepared.question_of, prepared.labels) for name in METRICS}
     log = None
@@ -185,6 +197,8 @@ def score_task(prepared: PreparedTask, scorer: Scorer, save_requests: bool = Fal
         task=prepared.task.name,
         primary_metric=prepared.task.primary_metric,
         metrics=metrics,
+        inloop_metric=prepared.task.inloop_metric,
+        olmo_metric_name=prepared.task.olmo_metric_name,
         questions=len(prepared.questions),
         requests=len(prepared.requests),
         rows=scores.rows,

@@ -33,13 +33,17 @@ class EvalResults:
     seconds: float = 0.0
 
     def flat_metrics(self, prefix: str = "eval") -> dict[str, float]:
-        """`eval/<task>/<metric>` for every task metric (and `eval/<task>/primary`, the paper's choice),
+        """`eval/<task>/<metric>` for every task metric, `eval/<task>/primary` (the paper's offline choice),
+        `eval/<task>/inloop` and `eval/downstream/<OLMo label>_<metric_type>` (what OLMo's in-loop evaluator
+        logs, under its name, so that curves line up with OLMo's training logs), and
         `eval/ppl/<source>/<metric>` for every perplexity source."""
         out = {}
         for result in self.tasks:
             for name, value in result.metrics.items():
                 out[f"{prefix}/{result.task}/{name}"] = value
             out[f"{prefix}/{result.task}/primary"] = result.primary
+            out[f"{prefix}/{result.task}/inloop"] = result.inloop
+            out[f"{prefix}/downstream/{result.olmo_metric_name}"] = result.inloop
         for source, values in (self.perplexity or {}).items():
             for name in ("bits_per_byte", "perplexity"):
                 out[f"{prefix}/ppl/{source}/{name}"] = values[name]

@@ -22,8 +22,11 @@ Row = Mapping[str, Any]
 # The metrics every task reports. Each scores every candidate, then checks the argmax against the label.
 # acc: the sum of the continuation's token log-probabilities; acc_per_token: that sum over its tokens;
 # acc_per_char: over its characters (leading space excluded, as OLMo); acc_uncond: log p(cont | context) -
-# log p(cont | unconditional prompt) (PMI).
-METRICS = ("acc", "acc_per_token", "acc_per_char", "acc_uncond")
+# log p(cont | unconditional prompt) (PMI, a difference); pmi_dc: log p(cont | context) / log p(cont |
+# unconditional prompt) (OLMo's pmi_dc, a ratio).
+METRICS = ("acc", "acc_per_token", "acc_per_char", "acc_uncond", "pmi_dc")
+# OLMo's in-loop `metric_type` names (olmo/eval/downstream.py `ICLMetric`) for the metrics it shares with us.
+OLMO_METRIC_TYPES = {"acc": "acc", "acc_per_char": "len_norm", "pmi_dc": "pmi_dc"}
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,19 @@ class Task:
 
     name: str
     build: Callable[[Row], Question]
-    primary_metric: str  # the OLMo paper's choice of normalisation, one of METRICS
+    primary_metric: str  # the OLMo paper's choice of normalisation (offline, Catwalk), one of METRICS
     hf_path: str  # `datasets.load_dataset` path, used when no local copy is given
     hf_name: str | None = None
     split: str = "validation"
+    # What OLMo's in-loop evaluator logs for the task (olmo/eval/downstream.py: the dataset class's
+    # `metric_type`, one of OLMO_METRIC_TYPES' keys here) and its label there (`label_to_task_map`).
+    inloop_metric: str = "acc"
+    olmo_label: str | None = None
+
+    @property
+    def olmo_metric_name(self) -> str:
+        """OLMo's in-loop metric name, `<label>_<metric_type>` (logged by OLMo as eval/downstream/<this>)."""
+        return f"{self.olmo_label or self.name}_{OLMO_METRIC_TYPES[self.inloop_metric]}"
 
 
 TASKS: dict[str, Task] = {}
@@ -68,6 +80,10 @@ def register(task: Task) -> Task:
         raise EvalError(f"task {task.name!r} is already registered")
     if task.primary_metric not in METRICS:
         raise EvalError(f"task {task.name!r}: primary_metric {task.primary_metric!r} is not one of {METRICS}")
+    if task.inloop_metric not in OLMO_METRIC_TYPES:
+        raise EvalError(
+            f"task {task.name!r}: inloop_metric {task.inloop_metric!r} is not one of {tuple(OLMO_METRIC_TYPES)}"
+        )
     TASKS[task.name] = task
     return task
 
@@ -175,12 +191,19 @@ def copa(row: Row) -> Question:
     return _question([context] * 2, choices, [connective] * 2, int(row["label"]))
 
 
-register(Task("arc_challenge", arc, "acc_uncond", "allenai/ai2_arc", "ARC-Challenge"))
+# Offline the paper's choice (`primary_metric`); in-loop OLMo's `metric_type`: len_norm (our acc_per_char)
+# for piqa, hellaswag, openbookqa and arc_challenge, acc for the others.
+register(Task("arc_challenge", arc, "acc_uncond", "allenai/ai2_arc", "ARC-Challenge", inloop_metric="acc_per_char"))
 register(Task("arc_easy", arc, "acc_uncond", "allenai/ai2_arc", "ARC-Easy"))
 register(Task("boolq", boolq, "acc", "google/boolq"))
 register(Task("copa", copa, "acc", "aps/super_glue", "copa"))
-register(Task("hellaswag", hellaswag, "acc_per_token", "Rowan/hellaswag"))
-register(Task("openbookqa", openbookqa, "acc_uncond", "allenai/openbookqa", "main"))
-register(Task("piqa", piqa, "acc_per_token", "ybisk/piqa"))
+register(Task("hellaswag", hellaswag, "acc_per_token", "Rowan/hellaswag", inloop_metric="acc_per_char"))
+register(
+    Task(
+        "openbookqa", openbookqa, "acc_uncond", "allenai/openbookqa", "main",
+        inloop_metric="acc_per_char", olmo_label="openbook_qa",
+    )
+)  # fmt: skip
+register(Task("piqa", piqa, "acc_per_token", "ybisk/piqa", inloop_metric="acc_per_char"))
 register(Task("sciq", sciq, "acc", "allenai/sciq"))
 register(Task("winogrande", winogrande, "acc_per_token", "allenai/winogrande", "winogrande_xl"))
