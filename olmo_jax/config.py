@@ -258,11 +258,6 @@ class DataConfig:
             raise ConfigError(
                 "data.paths and data.sources are both set; expected one of them (give the paths as sources)"
             )
-        if not self.paths and not self.sources and not self.builtin_corpus:
-            raise ConfigError(
-                "no training data: data.paths and data.sources are empty and data.builtin_corpus=false; "
-                "expected data.paths (token files, globs welcome), data.sources or data.builtin_corpus=true"
-            )
         _positive_int("data.sequence_length", self.sequence_length, nullable=True)
         _int_at_least("data.seed", self.seed, 0, nullable=True)
         _int_at_least("data.prefetch", self.prefetch, 0)

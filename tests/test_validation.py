@@ -59,7 +59,6 @@ INVALID = [
     case({"data.sequence_length": "512"}, "data.sequence_length", "512"),  # tiny's model.max_sequence_length: 256
     case({"data.seed": "-1"}, "data.seed", "-1"),
     case({"data.paths": '["a.npy"]', "data.sources": '{"b": ["b.npy"]}'}, "data.sources", "data.paths"),
-    case({"data.builtin_corpus": "false"}, "data.builtin_corpus", "false"),
     # Run length.
     case({"max_duration": "ten"}, "max_duration", "'ten'"),
     case({"max_duration": "0"}, "max_duration", "'0'"),
@@ -181,7 +180,13 @@ def test_edge_values_that_a_run_can_use_are_accepted(overrides):
 
 def test_an_olmo_yaml_is_validated_like_our_own(tmp_path):
     path = tmp_path / "OLMo.yaml"
-    olmo = {"precision": "amp_bf16", "model": {"d_model": 64, "n_heads": 4}, "optimizer": {"learning_rate": -1.0}}
+    olmo_1 = {"rope": True, "include_bias": False, "layer_norm_with_affine": False}
+    no_dropout = {"attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0}
+    olmo = {
+        "precision": "amp_bf16",
+        "model": {"d_model": 64, "n_heads": 4, **olmo_1, **no_dropout},
+        "optimizer": {"name": "adamw", "learning_rate": -1.0},
+    }
     path.write_text(yaml.safe_dump(olmo))
     with pytest.raises(ConfigError, match=r"invalid value -1.0 for optimizer.learning_rate"):
         load_config(str(path))

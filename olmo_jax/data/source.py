@@ -235,7 +235,11 @@ def build_instance_source(
     dtype: str | None = None,
     seed: int = 0,
 ) -> InstanceSource:
-    """The instance space of `data.paths` or of the named `data.sources` (`DataConfig.validate` allows one)."""
+    """The instance space of `data.paths` or of the named `data.sources` (`DataConfig.validate` allows one).
+
+    Having no data at all is legal in a config (a benchmark or a dry run needs none); training is not."""
+    if not paths and not sources:
+        raise ConfigError("no training data: set data.paths (token files, globs welcome) or data.sources")
     file_dtype = token_dtype(vocab_size, dtype)
     if paths:
         files = [open_token_file(p, file_dtype) for p in expand_paths(paths)]
