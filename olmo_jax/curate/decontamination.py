@@ -50,7 +50,7 @@ def check_params(params: dict[str, Any], where: str) -> None:
     except EvalError as e:
         raise CurationError(f"{where}.tasks: {e}") from None
     if names and params["eval_dir"] is None:
-        raise CurationError(f"{where}.eval_dir must name the local task data for tasks {','.join(names)} (or tasks: [])")
+        raise CurationError(f"{where}.eval_dir must name the local data of tasks {','.join(names)} (or tasks: [])")
     if not names and params["paloma_dir"] is None:
         raise CurationError(f"{where} needs evaluation data: eval_dir (with tasks) or paloma_dir")
     for key in ("eval_dir", "paloma_dir"):

@@ -114,14 +114,22 @@ class BloomFilter:
         with np.errstate(over="ignore"):  # the double hash wraps modulo 2**64 on purpose
             return (h1 + self._steps * h2) % np.uint64(self.m)
 
+    def _bits(self, item: bytes) -> tuple[np.ndarray, np.ndarray]:
+        indices = self._indices(item)
+        return indices >> np.uint64(3), (indices & np.uint64(7)).astype(np.uint8)
+
+    def __contains__(self, item: bytes) -> bool:
+        """Whether `item` was (probably) added: never False for an added item, True for others at `rate`."""
+        byte, bit = self._bits(item)
+        return bool(np.all((self.bits[byte] >> bit) & 1))
+
     def check_and_add(self, item: bytes) -> bool:
         """Whether `item` was (probably) added before; adds it."""
-        indices = self._indices(item)
-        byte, bit = indices >> np.uint64(3), (indices & np.uint64(7)).astype(np.uint8)
-        present = bool(np.all((self.bits[byte] >> bit) & 1))
-        if not present:
-            np.bitwise_or.at(self.bits, byte, np.left_shift(np.uint8(1), bit))
-        return present
+        if item in self:
+            return True
+        byte, bit = self._bits(item)
+        np.bitwise_or.at(self.bits, byte, np.left_shift(np.uint8(1), bit))
+        return False
 
 
 def count_lines(folder: Path, tasks: int) -> int:

@@ -35,7 +35,7 @@ from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 
 from olmo_jax import atomic
-from olmo_jax.curate import dedup, decontamination, report
+from olmo_jax.curate import decontamination, dedup, report
 from olmo_jax.curate.shards import RemovalLog, ShardReader, ShardWriter, SourceReader
 from olmo_jax.curate.spec import PipelineSpec, StepSpec
 from olmo_jax.curate.steps import Counted, build_document_step
@@ -141,7 +141,8 @@ class _Planner:
             shards = self.flush()
             name = self.name(label)
             folder = self.work / "shards" / name
-            bloom = dedup.ParagraphBloomDedup(**params, shards=shards, tasks=self.tasks, exclusion_writer=self.log(label))
+            log = self.log(label)
+            bloom = dedup.ParagraphBloomDedup(**params, shards=shards, tasks=self.tasks, exclusion_writer=log)
             reader = ShardReader(shards, self.tasks, all_shards=True)
             writer = ShardWriter(folder, self.tasks, all_shards=True)
             self.add(label, 1, [reader, self.counted(step, bloom, True), writer])
@@ -277,7 +278,8 @@ def run(
     restart: bool = False,
     verbose: bool = False,
 ) -> dict[str, Any] | None:
-    """Run (or resume) `spec`; returns the report, or None when the stages were submitted to SLURM."""
+    """Run (or resume) `spec`; returns the report (plus `stage_seconds`, each stage's wall time in this run), or
+    None when the stages were submitted to SLURM."""
     destination = output or spec.output
     if destination is None:
         raise CurationError("no output folder: pass -o/--output or set output in the spec")
@@ -301,13 +303,14 @@ def run(
 
         if not ray.is_initialized():
             ray.init(address=spec.executor.ray.get("address"), num_cpus=spec.executor.ray.get("num_cpus"))
+    seconds = {}
     for number, (stage, runner) in enumerate(zip(the_plan.stages, runners, strict=True), start=1):
         start = time.perf_counter()
         runner.run()
         incomplete = runner.get_incomplete_ranks()
         if incomplete:
-            raise RunError(
-                f"stage {stage.name}: task(s) {incomplete[:5]} did not complete; see {work / 'stages' / stage.name}/logs"
-            )
-        _say(f"[{number}/{len(runners)}] {stage.name}: {stage.tasks} task(s), {time.perf_counter() - start:.1f} s")
-    return json.loads((output / report.REPORT_JSON).read_text())
+            logs = work / "stages" / stage.name / "logs"
+            raise RunError(f"stage {stage.name}: task(s) {incomplete[:5]} did not complete; see {logs}")
+        seconds[stage.name] = time.perf_counter() - start
+        _say(f"[{number}/{len(runners)}] {stage.name}: {stage.tasks} task(s), {seconds[stage.name]:.1f} s")
+    return json.loads((output / report.REPORT_JSON).read_text()) | {"stage_seconds": seconds}

@@ -65,7 +65,7 @@ def write_table(token_file: str | os.PathLike, rows: list[dict[str, Any]], lengt
     ids = [r["id"].encode("utf-8") for r in rows]
     lengths = np.asarray(lengths, dtype=np.int64)
     arrays = {
-        "starts": np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(rows) else np.zeros(0, np.int64),
+        "starts": (np.cumsum(lengths) - lengths).astype(np.int64),
         "lengths": lengths,
         "source_index": np.array([source_index[r["source"]] for r in rows], dtype=np.uint32),
         "file_index": np.array([file_index[r["file"]] for r in rows], dtype=np.uint32),

@@ -41,7 +41,8 @@ def _percent(removed: float, total: float) -> float:
 
 
 def _row(metrics: dict[str, float]) -> dict[str, Any]:
-    row = {k: int(metrics.get(k, 0)) for k in ("docs_in", "docs_out", "chars_in", "chars_out", "tokens_in", "tokens_out")}
+    metric_names = ("docs_in", "docs_out", "chars_in", "chars_out", "tokens_in", "tokens_out")
+    row = {k: int(metrics.get(k, 0)) for k in metric_names}
     row["docs_removed_percent"] = _percent(row["docs_in"] - row["docs_out"], row["docs_in"])
     row["tokens_removed_percent"] = _percent(row["tokens_in"] - row["tokens_out"], row["tokens_in"])
     row["chars_removed_percent"] = _percent(row["chars_in"] - row["chars_out"], row["chars_in"])
@@ -98,7 +99,9 @@ def format_table(report: dict[str, Any]) -> str:
     )
     lines = [header, "-" * len(header)]
     for step in report["steps"]:
-        rows = [*step["sources"].items(), ("(all)", step["total"])] if len(step["sources"]) > 1 else step["sources"].items()
+        rows = list(step["sources"].items())
+        if len(rows) > 1:
+            rows.append(("(all)", step["total"]))
         for source, row in rows:
             lines.append(
                 f"{step['step']:<20} {source:<12} {row['docs_in']:>10,} {row['docs_out']:>10,} "
@@ -106,7 +109,7 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{row['tokens_removed_percent']:>7.2f}% {row.get('changed', 0):>8,}"
             )
     out = report["output"]
-    lines.append(f"output: {out['token_files']} token file(s), {out['documents']:,} documents, {out['tokens']:,} tokens")
+    lines.append(f"output: {out['token_files']} token files, {out['documents']:,} documents, {out['tokens']:,} tokens")
     return "\n".join(lines)
 
 

@@ -98,9 +98,7 @@ class PipelineSpec:
     def fingerprint(self) -> str:
         """16 hex digits naming what the output depends on: sources (files and sizes), steps, tokenizer, shards."""
         description = {
-            "sources": [
-                {**asdict(s), "files": [[f, _size(f)] for f in s.files], "paths": None} for s in self.sources
-            ],
+            "sources": [{**asdict(s), "files": [[f, _size(f)] for f in s.files], "paths": None} for s in self.sources],
             "steps": [asdict(s) for s in self.steps],
             "tokenizer": self.tokenizer,
             "max_tokens_per_file": self.max_tokens_per_file,

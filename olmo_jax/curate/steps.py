@@ -376,7 +376,7 @@ class LanguageIdFilter(BaseFilter):
         text = text[: self.max_chars]
         if self.backend == "fasttext":
             labels, probabilities = self._fasttext().predict(text.replace("\n", " "), k=-1)
-            scores = {label.removeprefix("__label__"): float(p) for label, p in zip(labels, probabilities)}
+            scores = {label.removeprefix("__label__"): float(p) for label, p in zip(labels, probabilities, strict=True)}
             best = max(scores, key=scores.get)
             return best, scores[best], max(scores.get(lang, 0.0) for lang in self.languages)
         values = self._lingua().compute_language_confidence_values(text)
@@ -470,7 +470,8 @@ class _NoLog:
 def build_document_step(kind: str, params: dict[str, Any], exclusion_writer: Any) -> tuple[PipelineStep, bool]:
     """The datatrove step of a document-level `kind` and whether it changes text (rather than only dropping)."""
     if kind in ENGINE_FILTERS:
-        engine_params = {k: tuple(map(tuple, v)) if k in ("top_n_grams", "dup_n_grams") else v for k, v in params.items()}
+        pairs = ("top_n_grams", "dup_n_grams")  # datatrove wants ((n, fraction), ...)
+        engine_params = {k: tuple(map(tuple, v)) if k in pairs else v for k, v in params.items()}
         step = ENGINE_FILTERS[kind](exclusion_writer=exclusion_writer, language=WORDS, **engine_params)
         return step, kind == "c4"  # C4 also removes lines
     if kind == "language":

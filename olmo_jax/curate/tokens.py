@@ -36,10 +36,11 @@ def write_provenance(folder: Path, manifest: dict[str, Any], shards: list[Path],
             if doc is None:
                 raise RunError(f"the shards hold fewer documents than {manifest['documents']} tokenized")
             m = doc.metadata
-            rows.append({"source": m["source"], "id": doc.id, "file": m["file"], "line": m["line"], "copy": m.get("copy", 0)})
+            rows.append({"source": m["source"], "id": doc.id, "file": m["file"], "line": m["line"]})
+            rows[-1]["copy"] = m.get("copy", 0)
         file_lengths = lengths[position : position + len(rows)]
         if int(file_lengths.sum()) != entry["tokens"]:
-            raise RunError(f"token file {entry['path']}: document lengths do not add up to its {entry['tokens']} tokens")
+            raise RunError(f"token file {entry['path']}: document lengths do not add up to {entry['tokens']} tokens")
         provenance.write_table(folder / entry["path"], rows, file_lengths)
         position += len(rows)
     if next(documents, None) is not None or position != len(lengths):
