@@ -160,6 +160,7 @@ def test_the_token_files_hold_the_survivors_with_pii_masked_and_duplicate_lines_
     assert texts[("web", "web-0", 0)] == corpus.texts["web-0"]
 
 
+@pytest.mark.slow
 def test_one_and_two_workers_give_byte_identical_token_files_and_provenance(curated, tmp_path):
     result = curate_cli(curated["spec"], tmp_path / "out", "--workers=2")
     assert result.returncode == 0, result.stderr
@@ -167,6 +168,7 @@ def test_one_and_two_workers_give_byte_identical_token_files_and_provenance(cura
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == curated["report"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_way_resumes_to_the_same_output_without_redoing_finished_tasks(curated, tmp_path):
     marker = Path(load_spec(curated["spec"]).steps[0].params["params"]["marker"])
     marker.unlink()
@@ -269,6 +271,7 @@ def test_slurm_stages_are_job_arrays_each_depending_on_the_previous(curated, tmp
     assert runners[8].tasks == 14  # MinHash buckets: one task per bucket
 
 
+@pytest.mark.slow
 def test_ray_with_two_local_workers_gives_the_same_output(curated, tmp_path):
     pytest.importorskip("ray")
     spec = yaml.safe_load(curated["spec"].read_text())

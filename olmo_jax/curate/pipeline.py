@@ -166,7 +166,7 @@ class _Planner:
 
 
 def plan(spec: PipelineSpec, output: Path, workers: int) -> Plan:
-    """The stages of `spec` writing into `output` (see the module docstring)."""
+    """The stages of `spec` writing into `output` (see the module docstring); `workers`: `prepare`'s processes."""
     planner = _Planner(spec, output, workers)
     for step in spec.steps:
         planner.step(step)
@@ -285,7 +285,9 @@ def run(
         raise CurationError("no output folder: pass -o/--output or set output in the spec")
     output = Path(destination).resolve()
     workers = workers or spec.executor.workers or os.cpu_count() or 1
-    the_plan = plan(spec, output, workers)
+    # `prepare` in the last task uses the cores that task has: all local ones, or a cluster task's CPUs.
+    cluster = {"slurm": spec.executor.slurm, "ray": spec.executor.ray}.get(spec.executor.type)
+    the_plan = plan(spec, output, workers if cluster is None else int(cluster.get("cpus_per_task", 1)))
     runners = executors(the_plan, spec, output / WORK_DIR, workers, verbose)  # checks executor arguments first
     work = _prepare_output(spec, output, restart)
     summaries = {}

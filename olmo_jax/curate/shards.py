@@ -106,7 +106,7 @@ def read_removals(folder: str | Path) -> list[dict[str, Any]]:
 
 
 class SourceReader(PipelineStep):
-    """Reads the input files of shard `rank` (JSON lines, optionally .gz/.zst, local or any fsspec URL).
+    """Reads the input files of shard `rank` (JSON lines, optionally .gz/.zst, on a filesystem every task sees).
 
     Blank lines are skipped; invalid JSON, a non-object line or a record without a string text field is a
     malformed record and an empty text an empty document: both are counted per source and logged (with file and
