@@ -107,29 +107,34 @@ class BloomFilter:
         self.key = seed.to_bytes(8, "little")
         self._steps = np.arange(self.k, dtype=np.uint64)
 
-    def _indices(self, item: bytes) -> np.ndarray:
-        digest = hashlib.blake2b(item, digest_size=16, key=self.key).digest()
-        h1 = np.uint64(int.from_bytes(digest[:8], "little"))
-        h2 = np.uint64(int.from_bytes(digest[8:], "little") | 1)
+    def _bits(self, items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """(byte, bit) of each item's k indices, as [len(items), k] arrays."""
+        digests = [hashlib.blake2b(item, digest_size=16, key=self.key).digest() for item in items]
+        pairs = np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2)
+        h1, h2 = pairs[:, :1], pairs[:, 1:] | np.uint64(1)
         with np.errstate(over="ignore"):  # the double hash wraps modulo 2**64 on purpose
-            return (h1 + self._steps * h2) % np.uint64(self.m)
-
-    def _bits(self, item: bytes) -> tuple[np.ndarray, np.ndarray]:
-        indices = self._indices(item)
+            indices = (h1 + self._steps[None, :] * h2) % np.uint64(self.m)
         return indices >> np.uint64(3), (indices & np.uint64(7)).astype(np.uint8)
 
     def __contains__(self, item: bytes) -> bool:
         """Whether `item` was (probably) added: never False for an added item, True for others at `rate`."""
-        byte, bit = self._bits(item)
+        byte, bit = self._bits([item])
         return bool(np.all((self.bits[byte] >> bit) & 1))
 
-    def check_and_add(self, item: bytes) -> bool:
-        """Whether `item` was (probably) added before; adds it."""
-        if item in self:
-            return True
-        byte, bit = self._bits(item)
-        np.bitwise_or.at(self.bits, byte, np.left_shift(np.uint8(1), bit))
-        return False
+    def check_and_add(self, items: list[bytes]) -> np.ndarray:
+        """For each item, whether it was (probably) added before it, by an earlier call or earlier in `items`;
+        then adds them all. One call per document keeps the work in numpy."""
+        if not items:
+            return np.zeros(0, dtype=bool)
+        byte, bit = self._bits(items)
+        present = np.all((self.bits[byte] >> bit) & 1, axis=1)
+        first: dict[bytes, int] = {}
+        for position, item in enumerate(items):  # a repeat within `items` was added by its first occurrence
+            if first.setdefault(item, position) != position:
+                present[position] = True
+        new = ~present
+        np.bitwise_or.at(self.bits, byte[new].ravel(), np.left_shift(np.uint8(1), bit[new].ravel()))
+        return present
 
 
 def count_lines(folder: Path, tasks: int) -> int:
@@ -171,7 +176,10 @@ class ParagraphBloomDedup(PipelineStep):
         with self.exclusion_writer as writer:
             for doc in data:
                 lines = doc.text.split("\n")
-                kept = [line for line in lines if not line.strip() or not bloom.check_and_add(line.strip().encode())]
+                keys = [(n, line.strip().encode()) for n, line in enumerate(lines) if line.strip()]
+                seen = bloom.check_and_add([key for _, key in keys])
+                dropped = {n for (n, _), duplicate in zip(keys, seen, strict=True) if duplicate}
+                kept = [line for n, line in enumerate(lines) if n not in dropped]
                 if len(kept) != len(lines):
                     self.stat_update("removed_paragraphs", value=len(lines) - len(kept))
                     if not any(line.strip() for line in kept):

@@ -199,7 +199,9 @@ def _executor_arguments(cls: type, given: dict[str, Any], where: str) -> dict[st
 
 
 def executors(plan: Plan, spec: PipelineSpec, work: Path, workers: int, verbose: bool = False) -> list[Any]:
-    """One datatrove executor per stage, for `spec.executor.type` (SLURM stages depend on the previous one)."""
+    """One datatrove executor per stage, for `spec.executor.type` (SLURM stages depend on the previous one).
+
+    `workers`: tasks run at once (-1 on a cluster: as many as it schedules)."""
     kind = spec.executor.type
     made: list[Any] = []
     for stage in plan.stages:
@@ -234,8 +236,9 @@ def executors(plan: Plan, spec: PipelineSpec, work: Path, workers: int, verbose:
 
             arguments = {k: v for k, v in spec.executor.ray.items() if k not in ("address", "num_cpus")}
             arguments = _executor_arguments(RayPipelineExecutor, arguments, "executor.ray")
+            at_once = min(workers, stage.tasks) if workers > 0 else stage.tasks
             executor = RayPipelineExecutor(
-                stage.steps, tasks=stage.tasks, workers=min(workers, stage.tasks), logging_dir=logging_dir, **arguments
+                stage.steps, tasks=stage.tasks, workers=at_once, logging_dir=logging_dir, **arguments
             )
         made.append(executor)
     return made
@@ -284,9 +287,9 @@ def run(
     if destination is None:
         raise CurationError("no output folder: pass -o/--output or set output in the spec")
     output = Path(destination).resolve()
-    workers = workers or spec.executor.workers or os.cpu_count() or 1
-    # `prepare` in the last task uses the cores that task has: all local ones, or a cluster task's CPUs.
     cluster = {"slurm": spec.executor.slurm, "ray": spec.executor.ray}.get(spec.executor.type)
+    workers = workers or spec.executor.workers or (-1 if cluster is not None else os.cpu_count() or 1)
+    # `prepare` in the last task uses the cores that task has: all local ones, or a cluster task's CPUs.
     the_plan = plan(spec, output, workers if cluster is None else int(cluster.get("cpus_per_task", 1)))
     runners = executors(the_plan, spec, output / WORK_DIR, workers, verbose)  # checks executor arguments first
     work = _prepare_output(spec, output, restart)
