@@ -36,6 +36,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _TOP_KEYS = ("sources", "steps", "tokenizer", "executor", "max_tokens_per_file", "count_tokens", "output")
 _SOURCE_KEYS = ("name", "paths", "text_field", "id_field", "url_field")
 _EXECUTOR_KEYS = ("type", "workers", "tasks", "start_method", "slurm", "ray")
+_FIELD_DEFAULTS = {"text_field": "text", "id_field": "id", "url_field": "url"}
 
 
 @dataclass(frozen=True)
@@ -169,13 +170,9 @@ def _source(value: Any, where: str, base: Path) -> SourceSpec:
         paths = [paths]
     if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
         raise CurationError(f"{where}.paths must be a non-empty list of paths or globs")
-    fields = {k: _string(value.get(k, default), f"{where}.{k}") for k, default in _field_defaults().items()}
+    fields = {k: _string(value.get(k, default), f"{where}.{k}") for k, default in _FIELD_DEFAULTS.items()}
     files = expand_source_paths(paths, f"{where}.paths", base)
     return SourceSpec(name=name, paths=tuple(paths), files=files, **fields)
-
-
-def _field_defaults() -> dict[str, str]:
-    return {"text_field": "text", "id_field": "id", "url_field": "url"}
 
 
 def _steps(value: Any, source_names: list[str], base: Path) -> tuple[StepSpec, ...]:

@@ -112,9 +112,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _check_type(value: Any, default: Any, where: str) -> Any:
-    """`value` if it has the type of `default` (ints are floats too; lists and tuples are lists)."""
-    if default is None:
+def _check_type(value: Any, default: Any, where: str, nullable: bool) -> Any:
+    """`value` if it has the type of `default` (ints are floats too; lists and tuples are lists), or is None where
+    that is allowed (datatrove's rules are switched off with None)."""
+    if default is None or (value is None and nullable):
         return _jsonable(value)
     if isinstance(default, list) and isinstance(value, str):  # `languages: en` means [en]
         value = [value]
@@ -139,7 +140,10 @@ def resolve_params(kind: str, given: dict[str, Any], where: str, sources: list[s
     if unknown:
         valid = ", ".join(defaults) or "none"
         raise CurationError(f"unknown parameter {where}.{unknown[0]}; valid parameters: {valid}")
-    params = {k: _check_type(given[k], defaults[k], f"{where}.{k}") if k in given else v for k, v in defaults.items()}
+    params = {}
+    for key, default in defaults.items():
+        nullable = kind in ENGINE_FILTERS or (kind, key) == ("pii", "remove_above")
+        params[key] = _check_type(given[key], default, f"{where}.{key}", nullable) if key in given else default
     for key in ("model_path", "eval_dir", "paloma_dir"):
         if params.get(key) is not None:
             path = Path(os.path.expanduser(str(params[key])))
