@@ -1,7 +1,7 @@
 """`olmo-jax`: one command for the whole pipeline, and what its subcommands share.
 
     olmo-jax train --config=tiny                      # = python -m olmo_jax.main --config=tiny
-    olmo-jax data prepare|inspect|train-tokenizer ... # = python -m olmo_jax.data ...
+    olmo-jax data prepare|curate|inspect|train-tokenizer ...  # = python -m olmo_jax.data ...
     olmo-jax convert to-hf|from-hf ...                # = python -m olmo_jax.convert ...
     olmo-jax eval --model=runs/tiny --tasks=core9     # = python -m olmo_jax.eval ...
     olmo-jax bench --config=1b                        # = python -m olmo_jax.bench ...
@@ -37,7 +37,7 @@ DEBUG_ENV = "OLMO_JAX_DEBUG"
 # `olmo-jax data prepare` needs none of them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("olmo_jax.main", "train a model (or compile and size its train step with --dry_run)"),
-    "data": ("olmo_jax.data.__main__", "prepare token files, inspect a step's batch, train a tokenizer"),
+    "data": ("olmo_jax.data.__main__", "prepare token files, curate text, inspect a step's batch, train a tokenizer"),
     "convert": ("olmo_jax.convert.__main__", "convert checkpoints to and from Hugging Face directories"),
     "eval": ("olmo_jax.eval.__main__", "evaluate a checkpoint or HF model: downstream tasks and perplexity"),
     "bench": ("olmo_jax.bench", "time the real train step on synthetic tokens (tokens/s, MFU, memory)"),

@@ -78,3 +78,7 @@ class NonFiniteLossError(RunError):
 
 class DistributedError(RunError):
     """A multi-process run that could not start or lost a process."""
+
+
+class CurationError(InputError):
+    """A curation pipeline spec, source or evaluation set that cannot be used as given."""

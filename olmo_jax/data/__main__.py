@@ -1,4 +1,4 @@
-"""`python -m olmo_jax.data {prepare,train-tokenizer,inspect}`: the data pipeline's command line."""
+"""`python -m olmo_jax.data {prepare,train-tokenizer,inspect,curate}`: the data pipeline's command line."""
 
 from __future__ import annotations
 
@@ -105,6 +105,25 @@ def _inspect_parser(sub) -> None:
     p.add_argument("--preview", type=int, default=80, help="text format: characters or tokens per instance (0: all)")
 
 
+def _curate_parser(sub) -> None:
+    p = sub.add_parser(
+        "curate",
+        help="run a curation pipeline (Dolma's recipe on datatrove) into OLMo token files with provenance",
+        description=(
+            "Run the curation pipeline PIPELINE.yaml: read its sources, run its steps (language, gopher_quality, "
+            "gopher_repetition, c4, pii, dedup_urls, dedup_documents, dedup_minhash, dedup_paragraphs, "
+            "decontaminate, mix, custom) on datatrove's local, SLURM or Ray executor, and write OLMo token files "
+            "with a provenance table each, plus report.json and report.txt. Relaunching the same command resumes: "
+            "finished tasks are not redone. Needs the curate extra: pip install 'olmo_jax[curate]'."
+        ),
+    )
+    p.add_argument("pipeline", help="the pipeline spec (YAML)")
+    cli.add_output_argument(p, "output folder (default: the spec's output); tokens/, report.json, work/")
+    p.add_argument("--workers", type=int, default=None, help="tasks run at once (default: the spec's, else all cores)")
+    p.add_argument("--restart", action="store_true", help="discard an earlier run in --output and start over")
+    p.add_argument("--verbose", action="store_true", help="show datatrove's log of every task (always in work/)")
+
+
 def build_parser(prog: str = "python -m olmo_jax.data") -> argparse.ArgumentParser:
     """The data command's argument parser (`--config*` flags are parsed by `cli.parse_command_line`)."""
     parser = cli.ArgumentParser(prog=prog, description="OLMo data pipeline tools.")
@@ -113,6 +132,7 @@ def build_parser(prog: str = "python -m olmo_jax.data") -> argparse.ArgumentPars
     _prepare_parser(sub)
     _train_tokenizer_parser(sub)
     _inspect_parser(sub)
+    _curate_parser(sub)
     for subparser in sub.choices.values():
         cli.add_debug_argument(subparser)
     return parser
@@ -174,6 +194,28 @@ def _run_inspect(args: argparse.Namespace, config_name: str | None, overrides: d
         print(format_json(record) if args.format == "json" else format_text(record, args.preview), flush=True)
 
 
+def _run_curate(args: argparse.Namespace) -> None:
+    if args.workers is not None and args.workers <= 0:
+        raise ConfigError(f"--workers must be positive, got {args.workers}")
+    if not args.verbose:  # datatrove logs through loguru, whose default level is read from here when it is imported
+        os.environ.setdefault("LOGURU_LEVEL", "WARNING")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:  # here, not at the top: the pipeline needs datatrove, an optional extra that only `curate` uses
+        from olmo_jax.curate import pipeline
+        from olmo_jax.curate.report import format_table
+        from olmo_jax.curate.spec import load_spec
+    except ImportError as e:
+        raise ConfigError(
+            f"data curate needs the curate extra ({e.name} is missing): pip install 'olmo_jax[curate]'"
+        ) from None
+
+    report = pipeline.run(
+        load_spec(args.pipeline), args.output, workers=args.workers, restart=args.restart, verbose=args.verbose
+    )
+    if report is not None:
+        print(format_table(report))
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "python -m olmo_jax.data") -> int:
     """Run a subcommand; returns the exit status (2: bad input, 1: the run failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -189,6 +231,8 @@ def _run(argv: list[str], prog: str) -> int:
         _run_prepare(args)
     elif args.command == "train-tokenizer":
         _run_train_tokenizer(args)
+    elif args.command == "curate":
+        _run_curate(args)
     else:
         _run_inspect(args, config_name, overrides)
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from olmo_jax.config import data_spec, load_config
+from olmo_jax.curate import provenance
 from olmo_jax.data.pipeline import DataPipeline, token_checksum
 from olmo_jax.data.spec import DataSpec
 from olmo_jax.errors import ConfigError
@@ -55,6 +56,9 @@ def inspect_step(pipeline: DataPipeline, step: int, *, decode: bool = False) -> 
         }
         if location.source:
             instance["source"] = location.source
+        origins = provenance.documents_in(location.path, location.offset, location.offset + len(tokens))
+        if origins is not None:  # a curated token file: the documents behind the instance
+            instance["documents"] = [origin.to_dict() for origin in origins]
         if decode:
             instance["text"] = pipeline.tokenizer.decode(tokens.tolist())
         instances.append(instance)
@@ -84,6 +88,8 @@ def format_text(record: dict[str, Any], preview: int = 80) -> str:
         if "source" in instance:
             where = f"[{instance['source']}] {where}"
         lines.append(f"  row {row:>4}  index {instance['index']:>10}  {where}")
+        for doc in instance.get("documents", []):
+            lines.append(f"            document [{doc['source']}] {doc['id']}  ({doc['file']}:{doc['line']})")
         if "text" in instance:
             text = instance["text"]
             shown = text if preview <= 0 else text[:preview]

@@ -18,11 +18,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import numpy as np
 
 from olmo_jax import atomic
 from olmo_jax.data.token_writer import write_token_files
@@ -285,8 +287,12 @@ def prepare(
     text_unit: str = "file",
     overwrite: bool = False,
     progress: bool = True,
+    on_documents: Callable[[np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
-    """Tokenize input files into OLMo token files plus `manifest.json` in `output_dir`; returns the manifest."""
+    """Tokenize input files into OLMo token files plus `manifest.json` in `output_dir`; returns the manifest.
+
+    `on_documents`: see `write_token_files`.
+    """
     files = input_files(inputs)
     tokenizer = load_tokenizer(tokenizer_identifier)
     output = Path(output_dir)
@@ -305,6 +311,7 @@ def prepare(
         workers=workers or os.cpu_count() or 1,
         max_tokens_per_file=max_tokens_per_file,
         on_progress=lambda docs, tokens: meter.update(report.raw_bytes_read, docs, tokens),
+        on_documents=on_documents,
     )
     seconds = time.perf_counter() - start
     meter.update(report.raw_bytes_read, manifest["documents"], manifest["tokens"], final=True)

@@ -152,10 +152,13 @@ def write_token_files(
     workers: int = 1,
     max_tokens_per_file: int = 500_000_000,
     on_progress: Callable[[int, int], None] | None = None,
+    on_documents: Callable[[np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """Tokenize `documents` (EOS after each) into part files in `output_dir`; returns the manifest's core.
 
-    `on_progress(documents, tokens)` is called after each chunk. Nothing is left behind on failure.
+    `on_progress(documents, tokens)` is called after each chunk; `on_documents(lengths)` too, with the token
+    count (EOS included) of each of the chunk's documents, in input order (curation builds provenance tables
+    from it). Nothing is left behind on failure.
     """
     if max_tokens_per_file <= 0:
         raise PrepareError(f"max tokens per file must be positive, got {max_tokens_per_file}")
@@ -169,6 +172,8 @@ def write_token_files(
         nonlocal documents_done, tokens_done
         tokens, lengths = result
         writer.add(tokens, lengths)
+        if on_documents is not None:
+            on_documents(lengths)
         documents_done += len(lengths)
         tokens_done += len(tokens)
         if on_progress is not None:
