@@ -13,13 +13,18 @@
 
 Orbax writes each step under a temporary name (`<step>.orbax-checkpoint-tmp`) and renames it when complete, so
 a step directory that exists under its number is complete; readers still require both `params/` and `config/`.
-A step that exists but cannot be read (damaged storage) is moved aside as `<step>.corrupt-<time>` when the
-trainer resumes, and the previous step is used.
+A step that exists but is damaged is moved aside as `<step>.corrupt-<time>` when the trainer resumes, and the
+previous step is used. Damage means: missing or truncated files, unreadable metadata, or parameters and
+optimizer state that hold NaN or Inf (`first_nonfinite`). Any other error while reading (an I/O error, out of
+memory) stops the run and moves nothing, so that a transient fault cannot discard a run's checkpoints. The
+`Checkpointer` never saves a non-finite state, and reports a save that failed in the background at the next
+step (`raise_if_failed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -27,12 +32,22 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from olmo_jax.config import TrainConfig, from_dict, to_dict
-from olmo_jax.errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError
+from olmo_jax.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    CheckpointReadError,
+    CheckpointSaveError,
+    ConfigError,
+    NonFiniteStateError,
+)
 
 CHECKPOINTS_DIR = "checkpoints"
 PARAMS_ITEM = "params"
@@ -280,12 +295,36 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
-def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """{"inner_state/0/mu/wte": shape} for the array leaves of `tree` (arrays, ShapeDtypeStructs or Orbax's
+def _flat_leaves(tree: Any) -> dict[str, Any]:
+    """{"inner_state/0/mu/wte": leaf} for the array leaves of `tree` (arrays, ShapeDtypeStructs or Orbax's
     ArrayMetadata). Orbax's metadata turns namedtuples into dicts and tuples into lists; writing every key,
     field and index as a plain path component makes a saved tree and a target tree comparable."""
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-    return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{"inner_state/0/mu/wte": shape} for the array leaves of `tree` (see `_flat_leaves`)."""
+    return {name: tuple(leaf.shape) for name, leaf in _flat_leaves(tree).items()}
+
+
+@jax.jit
+def _finite_flags(arrays: list[jax.Array]) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays])
+
+
+def first_nonfinite(tree: Any) -> str | None:
+    """The name of the first floating-point array of `tree` that holds a NaN or Inf (e.g. "opt_state/0/mu/wte"),
+    or None when all are finite. One jitted reduction over the arrays where they live (sharded arrays stay
+    sharded); a pass over the state in device memory, milliseconds even for a 1B model on an accelerator."""
+    leaves = {
+        name: leaf for name, leaf in _flat_leaves(tree).items() if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    }
+    if not leaves:
+        return None
+    flags = np.asarray(_finite_flags(list(leaves.values())))
+    bad = [name for name, ok in zip(leaves, flags.tolist(), strict=True) if not ok]
+    return bad[0] if bad else None
 
 
 def _check_fits(what: str, saved: dict, wanted: dict, step_dir: Path, hint: str) -> None:
@@ -358,6 +397,10 @@ def restore_train_checkpoint(
             )
         restored = manager.restore(step, args=ocp.args.Composite(**args))
     checkpoint = TrainCheckpoint(step_dir, restored[PARAMS_ITEM], _checked_metadata(restored[CONFIG_ITEM], step_dir))
+    state = {PARAMS_ITEM: checkpoint.params} if weights_only else {k: restored[k] for k in (PARAMS_ITEM, OPT_STATE_ITEM)}
+    bad = first_nonfinite(state)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint step {step_dir} holds NaN or Inf in {bad}")
     if weights_only:
         return checkpoint
     meta = TrainMeta.from_json(restored[META_ITEM], step_dir / META_ITEM)
@@ -368,10 +411,32 @@ def restore_train_checkpoint(
     return checkpoint
 
 
-# Errors that mean a bug rather than damaged storage: they propagate and never move a step aside. Damage
-# surfaces as many types (OSError for missing files, ValueError for undecodable JSON, KeyError or RuntimeError
-# from Orbax's metadata, and a bare Exception from TensorStore for truncated array chunks).
+# Errors that mean a bug rather than damaged storage: they propagate and never move a step aside.
 _BUG_ERRORS = (TypeError, AttributeError, NameError, ImportError, AssertionError, CheckpointMismatchError)
+
+# What damage looks like when reading a step: our own checks (incomplete step, non-finite values, malformed
+# items), files that are gone, JSON that does not decode, and TensorStore's status codes for data that is
+# missing, short or malformed (it raises ValueError("OUT_OF_RANGE: ...") for a truncated chunk). Everything
+# else, a failing disk (EIO), a full memory, a network filesystem timing out, is no evidence against the step.
+_DAMAGE_ERRORS = (CheckpointError, FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError)
+_DAMAGE_STATUS = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "FAILED_PRECONDITION", "INVALID_ARGUMENT")
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether `error`, raised while reading a step, shows that the step itself is damaged.
+
+    The error and its causes are looked at outermost first; the first one that is damage-shaped or
+    transient-shaped (any other OSError, MemoryError) decides; unknown errors are not damage."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, _DAMAGE_ERRORS):
+            return True
+        if isinstance(seen, ValueError) and str(seen).split(":", 1)[0].strip() in _DAMAGE_STATUS:
+            return True
+        if isinstance(seen, (OSError, MemoryError)):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def restore_latest(
@@ -379,9 +444,10 @@ def restore_latest(
 ) -> TrainCheckpoint | None:
     """The newest step of `checkpoints_dir` that can be read (None when there is no step at all).
 
-    A step that cannot be read is moved aside as `<step>.corrupt-<unix time>` with a warning, and the one
-    before it is tried; a step that reads but does not fit the targets raises CheckpointMismatchError.
-    Orbax's unfinished saves (`<step>.orbax-checkpoint-tmp*`) are never considered.
+    A damaged step (`is_damage`) is moved aside as `<step>.corrupt-<unix time>` with a warning, and the one
+    before it is tried; any other error reading it raises CheckpointReadError and moves nothing; a step that
+    reads but does not fit the targets raises CheckpointMismatchError. Orbax's unfinished saves
+    (`<step>.orbax-checkpoint-tmp*`) are never considered.
     """
     checkpoints_dir = Path(checkpoints_dir)
     steps = (
@@ -393,6 +459,11 @@ def restore_latest(
         except _BUG_ERRORS:
             raise
         except Exception as e:
+            if not is_damage(e):
+                raise CheckpointReadError(
+                    f"cannot read checkpoint {step_dir} ({type(e).__name__}: {_first_line(e)}); it does not look "
+                    "damaged, so nothing was moved aside: fix the cause and rerun"
+                ) from e
             moved = _move_aside(step_dir)
             reason = " ".join(str(e).split())[:300]
             log.warning(
@@ -455,8 +526,11 @@ class Checkpointer:
     `run_config` (the run's config as a plain dict, `to_dict(TrainConfig)`) is saved in every step's `config/`.
     `save` blocks only while the arrays are copied to host memory (and while a previous save is still being
     written); Orbax writes the files in a background thread and renames the step into place when it is
-    complete. Creating one deletes unfinished saves left by a killed process. Every process calls every
-    method: Orbax coordinates the hosts.
+    complete. A state holding NaN or Inf is never saved (NonFiniteStateError). A save that fails in the
+    background leaves the previous steps in place (Orbax deletes old steps only after a save completes) and is
+    raised as CheckpointSaveError by the next `raise_if_failed`, `save` or `wait_until_finished`. Creating one
+    deletes unfinished saves left by a killed process. Every process calls every method: Orbax coordinates
+    the hosts.
     """
 
     def __init__(
@@ -466,6 +540,7 @@ class Checkpointer:
         self._interval = spec.save_interval
         self._permanent = spec.save_interval_permanent
         self._metadata = {"config": run_config, "tokenizer": tokenizer_identity}
+        self._unconfirmed: int | None = None  # the step of the last save not yet known to have succeeded
         keep = spec.keep
         policies: list[checkpoint_managers.PreservationPolicy] = [
             checkpoint_managers.LatestN(keep if keep > 0 else None)
@@ -487,8 +562,20 @@ class Checkpointer:
         return self.directory / str(step)
 
     def save(self, params: Any, opt_state: Any, *, data_state: dict[str, Any], meta: TrainMeta) -> float:
-        """Start writing step `meta.step`; returns the seconds the caller was blocked."""
+        """Start writing step `meta.step`; returns the seconds the caller was blocked.
+
+        Raises NonFiniteStateError, saving nothing, when the state holds NaN or Inf, and CheckpointSaveError
+        when the previous save failed."""
         started = time.perf_counter()
+        bad = first_nonfinite({PARAMS_ITEM: params, OPT_STATE_ITEM: opt_state})
+        if bad is not None:
+            latest = self._manager.latest_step()
+            kept = f"the last checkpoint, {self.step_dir(latest)}, is kept" if latest is not None else "none was saved"
+            raise NonFiniteStateError(
+                f"the training state after step {meta.step} holds NaN or Inf in {bad}; it was not saved and {kept}"
+            )
+        self._wait_for_previous()
+        self._unconfirmed = meta.step
         self._manager.save(
             meta.step,
             args=ocp.args.Composite(
@@ -504,13 +591,32 @@ class Checkpointer:
         )
         return time.perf_counter() - started
 
+    def raise_if_failed(self) -> None:
+        """Raise CheckpointSaveError if the last save failed in the background; never waits for one in progress
+        (cheap enough to call after every step)."""
+        if self._unconfirmed is not None and not self._manager.is_saving_in_progress():
+            self._wait_for_previous()
+
     def wait_until_finished(self) -> None:
-        """Block until every started save is complete on disk."""
-        self._manager.wait_until_finished()
+        """Block until every started save is complete on disk (CheckpointSaveError if one failed)."""
+        self._wait_for_previous()
+
+    def _wait_for_previous(self) -> None:
+        step, self._unconfirmed = self._unconfirmed, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            where = f"checkpoint step {step} ({self.step_dir(step)})" if step is not None else "a checkpoint"
+            latest = self._manager.latest_step()
+            kept = f"; the previous checkpoint {self.step_dir(latest)} is intact" if latest is not None else ""
+            raise CheckpointSaveError(f"saving {where} failed: {_first_line(e)}{kept}") from e
 
     def close(self) -> None:
-        """Finish the saves in progress and release Orbax's threads."""
-        self._manager.close()
+        """Finish the saves in progress and release Orbax's threads (CheckpointSaveError if one failed)."""
+        try:
+            self._wait_for_previous()
+        finally:
+            self._manager.close()  # a failure is raised once (above): closing after it does not raise again
 
     def __enter__(self) -> Checkpointer:
         return self
