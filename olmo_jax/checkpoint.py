@@ -397,8 +397,8 @@ def restore_train_checkpoint(
             )
         restored = manager.restore(step, args=ocp.args.Composite(**args))
     checkpoint = TrainCheckpoint(step_dir, restored[PARAMS_ITEM], _checked_metadata(restored[CONFIG_ITEM], step_dir))
-    state = {PARAMS_ITEM: checkpoint.params} if weights_only else {k: restored[k] for k in (PARAMS_ITEM, OPT_STATE_ITEM)}
-    bad = first_nonfinite(state)
+    arrays = (PARAMS_ITEM,) if weights_only else (PARAMS_ITEM, OPT_STATE_ITEM)
+    bad = first_nonfinite({item: restored[item] for item in arrays})
     if bad is not None:
         raise CheckpointError(f"checkpoint step {step_dir} holds NaN or Inf in {bad}")
     if weights_only:

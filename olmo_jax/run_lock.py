@@ -48,7 +48,7 @@ class RunLock:
             if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                 os.close(fd)
                 raise
-            log.warning("cannot lock %s (%s): a second trainer on this run directory would not be refused", self.path, e)
+            log.warning("cannot lock %s (%s): a second trainer on this run would not be refused", self.path, e)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode() + b"\n", 0)
         self._fd = fd
@@ -61,7 +61,7 @@ class RunLock:
 
 
 def _holder(fd: int) -> str:
-    """"pid P on host H" as the holder wrote it into the lock file."""
+    """ "pid P on host H" as the holder wrote it into the lock file."""
     try:
         data = json.loads(os.pread(fd, 4096, 0) or b"{}")
         return f"pid {int(data['pid'])} on host {data['host']}"
