@@ -6,6 +6,9 @@ The lock is an `fcntl.flock` on that file, which the kernel releases when the ho
 server's byte-range locks (NFSv3 needs lockd, NFSv4 has them built in), which holds across hosts; Lustre
 honours it only when mounted with `-o flock` (with `-o localflock` it guards one host only). Where the
 filesystem refuses locks altogether the run goes on with a warning: nothing then stops a second trainer.
+
+A run that created its directory and wrote nothing else into it (it failed while starting) removes the lock
+file and the directory again, so that a refused start leaves nothing on disk.
 """
 
 from __future__ import annotations
@@ -31,12 +34,31 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
+        self._created_dir = False
 
     def __enter__(self) -> RunLock:
+        self._created_dir = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = self._lock()
+            # The file may have been removed (by a holder that created the directory) between open and flock:
+            # a lock on a file that no longer has the name guards nothing, so take the new file's instead.
+            if fd is None or os.fstat(fd).st_ino == _inode(self.path):
+                break
+            os.close(fd)
+        if fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode() + b"\n", 0)
+        self._fd = fd
+        return self
+
+    def _lock(self) -> int | None:
+        """The locked file's descriptor; None where the filesystem supports no locks (after a warning)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
@@ -49,15 +71,29 @@ class RunLock:
                 os.close(fd)
                 raise
             log.warning("cannot lock %s (%s): a second trainer on this run would not be refused", self.path, e)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode() + b"\n", 0)
-        self._fd = fd
-        return self
+            os.close(fd)
+            return None
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases the lock; the file stays, naming the last holder
-            self._fd = None
+        if self._fd is None:
+            return
+        remove = self._created_dir and [p.name for p in self.path.parent.iterdir()] == [LOCK_NAME]
+        if remove:
+            self.path.unlink()  # while still holding the lock: see the inode check in __enter__
+        os.close(self._fd)  # releases the lock; otherwise the file stays, naming the last holder
+        self._fd = None
+        if remove:
+            try:
+                self.path.parent.rmdir()
+            except OSError:  # something appeared meanwhile: it is not ours to remove
+                pass
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _holder(fd: int) -> str:
