@@ -7,18 +7,23 @@
         opt_state/  the optimizer state pytree (Orbax's standard array format)       } training
         data/       JSON: the data loader's state (`TrainLoader.state()`)             } checkpoints
         meta/       JSON: step, non-finite step count, tokens seen, seed (see `TrainMeta`) } only
+        checksums.json  xxh3-64 of every file of the items (training checkpoints; see `write_checksums`)
 
 `params/` and `config/` are what every reader needs (`to-hf`, `from_pretrained`, a weights-only start); a
 `from-hf` conversion writes only those. The training loop's `Checkpointer` writes all five.
 
 Orbax writes each step under a temporary name (`<step>.orbax-checkpoint-tmp`) and renames it when complete, so
 a step directory that exists under its number is complete; readers still require both `params/` and `config/`.
+Training checkpoints carry `checksums.json`, written by a background thread once Orbax has finished the step
+(a step killed in between has none, and is read unverified); every restore verifies the files of the items it
+reads against it first, because Orbax stores no checksums and a flipped bit would otherwise load silently.
+
 A step that exists but is damaged is moved aside as `<step>.corrupt-<time>` when the trainer resumes, and the
-previous step is used. Damage means: missing or truncated files, unreadable metadata, or parameters and
-optimizer state that hold NaN or Inf (`first_nonfinite`). Any other error while reading (an I/O error, out of
-memory) stops the run and moves nothing, so that a transient fault cannot discard a run's checkpoints. The
-`Checkpointer` never saves a non-finite state, and reports a save that failed in the background at the next
-step (`raise_if_failed`).
+previous step is used. Damage means: missing or truncated files, unreadable metadata, a checksum mismatch, or
+parameters and optimizer state that hold NaN or Inf (`first_nonfinite`). Any other error while reading (an I/O
+error, out of memory) stops the run and moves nothing, so that a transient fault cannot discard a run's
+checkpoints. The `Checkpointer` never saves a non-finite state, and reports a save that failed in the
+background at the next step (`raise_if_failed`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +42,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import xxhash
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from olmo_jax import atomic
 from olmo_jax.config import TrainConfig, from_dict, to_dict
 from olmo_jax.errors import (
     CheckpointError,
@@ -58,6 +67,9 @@ META_ITEM = "meta"
 REQUIRED_ITEMS = (PARAMS_ITEM, CONFIG_ITEM)
 TRAINING_ITEMS = (OPT_STATE_ITEM, DATA_ITEM, META_ITEM)
 META_FORMAT = "olmo_jax.train_meta/1"
+CHECKSUMS_FILE = "checksums.json"
+CHECKSUMS_FORMAT = "olmo_jax.checksums/1"
+_HASH_THREADS = 8  # files are hashed in parallel: xxhash and file reads release the GIL
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +188,7 @@ def restore_params(step_dir: Path, abstract_params: dict[str, Any] | None = None
     """
     # A struct without a sharding makes Orbax restore that array as np.ndarray.
     abstract_params = params_metadata(step_dir) if abstract_params is None else abstract_params
+    verify_checksums(Path(step_dir), (PARAMS_ITEM,))
     manager, step = _manager_for_step(step_dir)
     with manager:
         try:
@@ -187,6 +200,60 @@ def restore_params(step_dir: Path, abstract_params: dict[str, Any] | None = None
         except Exception as e:  # Orbax and TensorStore raise ValueError/RuntimeError/OSError for damaged data
             raise CheckpointError(f"cannot read the parameters of {step_dir}: {_first_line(e)}") from e
     return restored[PARAMS_ITEM]
+
+
+def _file_digest(path: Path) -> str:
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _item_files(step_dir: Path, items: tuple[str, ...]) -> list[Path]:
+    return sorted(
+        p for item in items if (step_dir / item).is_dir() for p in (step_dir / item).rglob("*") if p.is_file()
+    )
+
+
+def write_checksums(step_dir: Path) -> None:
+    """Write `<step_dir>/checksums.json`: size and xxh3-64 of every file of the step's items."""
+    files = _item_files(step_dir, REQUIRED_ITEMS + TRAINING_ITEMS)
+    with ThreadPoolExecutor(_HASH_THREADS) as pool:
+        digests = list(pool.map(_file_digest, files))
+    listing = {
+        str(path.relative_to(step_dir)): [path.stat().st_size, digest]
+        for path, digest in zip(files, digests, strict=True)
+    }
+    atomic.write_json(step_dir / CHECKSUMS_FILE, {"format": CHECKSUMS_FORMAT, "files": listing}, indent=None)
+
+
+def verify_checksums(step_dir: Path, items: tuple[str, ...]) -> bool:
+    """Check the files of `items` against the step's checksums.json; False when it has none (nothing checked).
+    Raises CheckpointError naming the first file that is missing, of another size or of other content."""
+    path = step_dir / CHECKSUMS_FILE
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+        listing = {name: (int(size), str(digest)) for name, (size, digest) in data["files"].items()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    wanted = {name: entry for name, entry in listing.items() if name.split("/", 1)[0] in items}
+    for name, (size, _) in wanted.items():
+        file = step_dir / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint file {file} is missing (listed in {CHECKSUMS_FILE})")
+        if file.stat().st_size != size:
+            raise CheckpointError(f"checkpoint file {file} has {file.stat().st_size} bytes, {size} when saved")
+    with ThreadPoolExecutor(_HASH_THREADS) as pool:
+        digests = pool.map(lambda name: _file_digest(step_dir / name), wanted)
+        for (name, (_, expected)), digest in zip(wanted.items(), digests, strict=True):
+            if digest != expected:
+                raise CheckpointError(
+                    f"checkpoint file {step_dir / name} does not match its checksum: its bytes changed"
+                )
+    return True
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
@@ -366,6 +433,7 @@ def restore_train_checkpoint(
         missing = [item + "/" for item in TRAINING_ITEMS if item not in present]
         raise CheckpointError(f"checkpoint step {step_dir} is incomplete: missing {', '.join(missing)}")
     weights_only = abstract_opt_state is None or not present
+    verify_checksums(step_dir, REQUIRED_ITEMS if weights_only else REQUIRED_ITEMS + TRAINING_ITEMS)
     manager, step = _manager_for_step(step_dir)
     with manager:
         metadata = manager.item_metadata(step)
@@ -541,6 +609,7 @@ class Checkpointer:
         self._permanent = spec.save_interval_permanent
         self._metadata = {"config": run_config, "tokenizer": tokenizer_identity}
         self._unconfirmed: int | None = None  # the step of the last save not yet known to have succeeded
+        self._checksums: threading.Thread | None = None  # writes the last step's checksums.json once it is written
         keep = spec.keep
         policies: list[checkpoint_managers.PreservationPolicy] = [
             checkpoint_managers.LatestN(keep if keep > 0 else None)
@@ -575,6 +644,7 @@ class Checkpointer:
                 f"the training state after step {meta.step} holds NaN or Inf in {bad}; it was not saved and {kept}"
             )
         self._wait_for_previous()
+        self._join_checksums()  # before the next save's retention may delete the step being hashed
         self._unconfirmed = meta.step
         self._manager.save(
             meta.step,
@@ -589,7 +659,29 @@ class Checkpointer:
             ),
             force=True,
         )
+        if jax.process_index() == 0:
+            self._checksums = threading.Thread(
+                target=self._write_checksums, args=(meta.step,), name=f"olmo_jax-checksums-{meta.step}", daemon=True
+            )
+            self._checksums.start()
         return time.perf_counter() - started
+
+    def _write_checksums(self, step: int) -> None:
+        """In the background: wait for Orbax to finish the step, then hash its files (a failed save is reported
+        by the training thread, which sees the same error)."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception:
+            return
+        try:
+            write_checksums(self.step_dir(step))
+        except OSError as e:  # the step stays readable, unverified; a full disk surfaces at the next save
+            log.warning("could not write the checksums of checkpoint %s: %s", self.step_dir(step), e)
+
+    def _join_checksums(self) -> None:
+        if self._checksums is not None:
+            self._checksums.join()
+            self._checksums = None
 
     def raise_if_failed(self) -> None:
         """Raise CheckpointSaveError if the last save failed in the background; never waits for one in progress
@@ -598,8 +690,10 @@ class Checkpointer:
             self._wait_for_previous()
 
     def wait_until_finished(self) -> None:
-        """Block until every started save is complete on disk (CheckpointSaveError if one failed)."""
+        """Block until every started save is complete on disk, checksums included (CheckpointSaveError if one
+        failed)."""
         self._wait_for_previous()
+        self._join_checksums()
 
     def _wait_for_previous(self) -> None:
         step, self._unconfirmed = self._unconfirmed, None
@@ -616,6 +710,7 @@ class Checkpointer:
         try:
             self._wait_for_previous()
         finally:
+            self._join_checksums()
             self._manager.close()  # a failure is raised once (above): closing after it does not raise again
 
     def __enter__(self) -> Checkpointer:

@@ -110,6 +110,30 @@ def test_nan_parameters_in_a_run_stop_it_and_the_last_good_checkpoint_is_kept(
     assert all(np.isfinite(v).all() for v in restore_params(run_dir / "checkpoints" / "2").values())
 
 
+def test_bytes_flipped_in_a_checkpoint_array_fall_back_to_the_previous_step(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config, setup = small_setup()
+    abstract = abstract_state(setup)
+    states = {step: _random_state(abstract, step)._replace(step=np.int32(step), nonfinite_steps=0) for step in (1, 2)}
+    with checkpointer_for(tmp_path, config) as checkpointer:
+        for state in states.values():
+            save_state(checkpointer, state)
+    step_dir = tmp_path / "checkpoints" / "2"
+    assert (step_dir / "checksums.json").is_file()
+    chunks = [p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
+    largest = max(chunks, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 8] = bytes(255 - b for b in data[len(data) // 2 : len(data) // 2 + 8])
+    largest.write_bytes(bytes(data))  # Orbax alone reads these bytes back without a word (other weights)
+
+    with caplog.at_level(logging.WARNING, logger="olmo_jax.checkpoint"):
+        start = restore_latest(tmp_path / "checkpoints", abstract.params, abstract.opt_state)
+    assert start.meta.step == 1
+    np.testing.assert_array_equal(np.asarray(start.params["wte"]), np.asarray(states[1].params["wte"]))
+    assert f"{largest.name} does not match its checksum" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------------
 # Only damage renames a step
 # --------------------------------------------------------------------------------------------------
