@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from olmo_jax import sharding
+from olmo_jax.checkpoint import all_finite
 from olmo_jax.config import TrainConfig, parse_duration
 from olmo_jax.errors import ConfigError
 from olmo_jax.loss import loss_terms
@@ -171,7 +172,7 @@ def train_step(
     state_finite = jax.lax.cond(
         finite,
         lambda: jnp.array(True),
-        lambda: jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)])),
+        lambda: jnp.all(jnp.stack([all_finite(p) for p in jax.tree.leaves(state.params)])),
     )
     new_state = TrainState(
         step=state.step + 1,
