@@ -1,6 +1,7 @@
 """Complete data only: token folders that `prepare` wrote are checked against their manifest (completeness, sizes,
 sha256 on request, the tokenizer), an unfinished prepare is refused and cleaned up by the next one, and a NumPy
-`.npy` file with a header is never read as tokens. OLMo's own raw files (no manifest) keep working."""
+`.npy` file with a header is never read as tokens. OLMo's own raw files (no manifest) keep working, and a killed
+conversion's hidden folder is removed by the next one into the same place."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from olmo_jax import cli
+from olmo_jax import atomic, cli
 from olmo_jax.data.prepare import prepare
 from olmo_jax.data.source import build_instance_source, verify_token_files
 from olmo_jax.errors import DataError, PrepareError
@@ -101,3 +102,19 @@ def test_prepare_of_no_document_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PrepareError, match=r"hold no document \(1 empty, 0 malformed"):
         prepare([str(tmp_path / "empty.jsonl")], "builtin", tmp_path / "out", workers=1, progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_killed_conversion_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> None:
+    leftover = tmp_path / ".hf.abc123.tmp"  # what kill -9 during `convert ... -o hf` leaves
+    (leftover / "sub").mkdir(parents=True)
+    (leftover / "sub" / "model.safetensors").write_bytes(b"partial")
+    with atomic.atomic_directory(tmp_path / "hf") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    assert oct((tmp_path / "hf").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
