@@ -3,8 +3,11 @@
 Builds a preset's full train state (fp32 parameters + AdamW moments) on one device, then saves it several
 times through the trainer's `Checkpointer`. Between saves a jitted, donating update rewrites every array, as a
 train step does, and the previous save is allowed to finish, so each save starts from the same situation.
-Prints the median over saves of: the time `save` blocked the caller (the device-to-host copy plus Orbax's
-bookkeeping) and the time until the step was complete on disk.
+Prints the median over saves of: the time `save` blocked the caller (the finiteness check, the device-to-host
+copy and Orbax's bookkeeping) and the time until the step was complete on disk with its checksums. Then the cost
+of the checksums: the time to hash the last step's files (on the checksum thread, off the training thread) and
+the time to restore it with and without verifying them (each after a warm-up restore, so that both read from
+the page cache).
 
     python benchmarks/bench_checkpoint.py --config=tiny
     python benchmarks/bench_checkpoint.py --config=1b --set model.n_layers=4   # 1b shapes, fewer layers
@@ -23,9 +26,16 @@ import jax
 import numpy as np
 
 from olmo_jax import sharding
-from olmo_jax.checkpoint import Checkpointer, TrainMeta
+from olmo_jax.checkpoint import (
+    CHECKSUMS_FILE,
+    Checkpointer,
+    TrainMeta,
+    restore_train_checkpoint,
+    write_checksums,
+)
 from olmo_jax.config import MeshConfig, load_config, to_dict
-from olmo_jax.train import build, checkpoint_spec, init_state
+from olmo_jax.loop import checkpoint_spec
+from olmo_jax.train import abstract_state, build, init_state
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,6 +79,9 @@ def main() -> None:
             checkpointer.wait_until_finished()
             complete.append(time.perf_counter() - start)
             print(f"save {step}: blocked {blocked[-1]:.3f} s, on disk after {complete[-1]:.3f} s", flush=True)
+        del arrays, state
+        step_dir = checkpointer.step_dir(args.saves)
+        costs = _checksum_costs(step_dir, abstract_state(setup))
     result = {
         "config": args.config,
         "overrides": overrides,
@@ -76,9 +89,35 @@ def main() -> None:
         "state_bytes": n_bytes,
         "median_blocked_s": statistics.median(blocked),
         "median_complete_s": statistics.median(complete),
+        **costs,
         "device": jax.devices()[0].device_kind,
     }
     print(json.dumps(result))
+
+
+def _timed_restore(step_dir: Path, abstract) -> float:
+    start = time.perf_counter()
+    restored = restore_train_checkpoint(step_dir, abstract.params, abstract.opt_state)
+    jax.block_until_ready((restored.params, restored.opt_state))
+    return time.perf_counter() - start
+
+
+def _checksum_costs(step_dir: Path, abstract) -> dict[str, float]:
+    """Seconds to hash a step's files, and to restore it with and without verifying them."""
+    start = time.perf_counter()
+    write_checksums(step_dir)
+    hash_s = time.perf_counter() - start
+    _timed_restore(step_dir, abstract)  # warm-up: compiles the finiteness check, fills the page cache
+    verified = statistics.median(_timed_restore(step_dir, abstract) for _ in range(3))
+    (step_dir / CHECKSUMS_FILE).rename(step_dir.parent / CHECKSUMS_FILE)
+    unverified = statistics.median(_timed_restore(step_dir, abstract) for _ in range(3))
+    print(f"checksums: hashing {hash_s:.3f} s; restore {verified:.3f} s verified, {unverified:.3f} s not", flush=True)
+    return {
+        "checksum_hash_s": hash_s,
+        "restore_verified_s": verified,
+        "restore_unverified_s": unverified,
+        "restore_growth": verified / unverified - 1,
+    }
 
 
 if __name__ == "__main__":

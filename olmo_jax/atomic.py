@@ -8,6 +8,7 @@ start with "." and carry ".tmp", so a killed writer leaves a hidden file and nev
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -82,12 +83,16 @@ def write_json(path: str | Path, payload: Any, *, indent: int | None = 1) -> Non
 def atomic_directory(out: str | Path) -> Iterator[Path]:
     """Yield a fresh hidden folder beside `out`; rename it to `out` on success, delete it on failure.
 
-    `out` must not exist (a converted model or prepared folder is never merged into an older one).
+    `out` must not exist (a converted model or prepared folder is never merged into an older one). Hidden
+    folders that a killed writer of the same `out` left behind are removed first.
     """
     out = Path(out)
     if out.exists():
         raise InputError(f"output {out} already exists; remove it or choose another path")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         umask = os.umask(0)

@@ -82,3 +82,20 @@ class DistributedError(RunError):
 
 class CurationError(InputError):
     """A curation pipeline spec, source or evaluation set that cannot be used as given."""
+
+
+class NonFiniteStateError(RunError):
+    """Parameters or optimizer state holding NaN or Inf: never saved, never trained on."""
+
+
+class CheckpointSaveError(RunError):
+    """A checkpoint save that failed (in the background or not); the previous checkpoint is intact."""
+
+
+class CheckpointReadError(RunError):
+    """A checkpoint step that could not be read for a reason other than damage (an I/O error, out of memory):
+    the step is left where it is."""
+
+
+class RunLockedError(InputError):
+    """A run directory that another trainer is using."""

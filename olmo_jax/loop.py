@@ -5,7 +5,9 @@ The loop only counts steps. For each one it feeds a batch to `Steps` (the jitted
 those that are: the `Meter` (throughput and MFU since the last log line), the `Checkpointer` (an
 asynchronous save) and the `InLoopEvaluation`. At the end of the run, or when a signal or the time limit
 asks it to stop, it logs and saves whatever their schedules say. The non-finite policy is checked before
-any save, so a run told to stop on a NaN never checkpoints after one.
+any save, so a run told to stop on a NaN never checkpoints after one; a state that is itself non-finite
+stops the run whatever the policy, and is never saved. A save that failed in the background stops the run
+after the next step. Process 0 holds the run directory's lock (`olmo_jax.run_lock`) for the whole run.
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ from olmo_jax.checkpoint import (
 from olmo_jax.config import TrainConfig, data_spec, flatten, to_dict
 from olmo_jax.data.loader import build_train_loader
 from olmo_jax.data.order import batch_size_for
-from olmo_jax.errors import ConfigError, NonFiniteLossError
+from olmo_jax.errors import ConfigError, NonFiniteLossError, NonFiniteStateError
 from olmo_jax.eval.evaluator import evaluate_in_loop
 from olmo_jax.model import flops_per_token, num_params
 from olmo_jax.monitor import Meter, MetricWriter, Progress, peak_flops_per_device
 from olmo_jax.optim import grad_clip_limit, learning_rate
+from olmo_jax.run_lock import RunLock
 from olmo_jax.train import (
     TrainSetup,
     TrainState,
@@ -86,6 +89,7 @@ def _train(run: _Run, state: TrainState, stop_requests: StopRequests) -> dict[st
         for update in range(run.start_step + 1, run.total_steps + 1):
             batch = next(run.loader)
             state, metrics = run.steps(state, update, batch)
+            run.checkpointer.raise_if_failed()
             stop = stop_requests.reason()
             ending = stop is not None or update == run.total_steps
             log_now = ending or run.meter.is_due(update)
@@ -232,7 +236,13 @@ def _eval_line(step: int, metrics: dict[str, float]) -> str:
 def _check_nonfinite(
     config: TrainConfig, step: int, nonfinite: int, nonfinite_at_start: int, metrics: dict[str, float]
 ) -> None:
-    """Apply `nonfinite_policy` given the count of skipped steps so far (`metrics` are step `step`'s)."""
+    """Apply `nonfinite_policy` given the count of skipped steps so far (`metrics` are step `step`'s); a
+    non-finite state stops the run whatever the policy (the guard cannot skip its way out of one)."""
+    if not metrics["state_finite"]:
+        raise NonFiniteStateError(
+            f"the parameters hold NaN or Inf at step {step} (restored so, or made so by an update), so every "
+            f"step gives a non-finite loss (loss={metrics['loss']}); no checkpoint was written after it"
+        )
     if config.nonfinite_policy == "stop" and nonfinite > nonfinite_at_start:
         where = f"in a step up to step {step}" if metrics["finite"] else f"at step {step}"
         raise NonFiniteLossError(
@@ -319,7 +329,9 @@ def _start(
     config: TrainConfig, run_dir: Path, devices: list[jax.Device] | None, cleanup: contextlib.ExitStack
 ) -> tuple[_Run, TrainState]:
     """Mesh, train step, starting state, loader, checkpointer and writers; prints where the run starts."""
-
+    if jax.process_index() == 0:
+        # Before anything reads or moves a checkpoint: a second trainer must change nothing.
+        cleanup.enter_context(RunLock(run_dir))
     mesh = sharding.make_mesh(config.mesh, devices)
     setup = build(config, mesh)
     abstract = abstract_state(setup)

@@ -35,6 +35,11 @@ class Pretrained:
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise InputError(f"tokens must be an integer array [batch, time], got {tokens.dtype}{list(tokens.shape)}")
+        # An id past the vocabulary would read a padding row (or, past the embedding, give NaN), and a negative
+        # one would wrap around to another token's row: both give logits without meaning.
+        if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.vocab_size):
+            bad = int(tokens.min()) if int(tokens.min()) < 0 else int(tokens.max())
+            raise InputError(f"token id {bad} is out of range for the model's vocabulary of {self.config.vocab_size}")
         return _logits(self.model, tokens.astype(jnp.int32))
 
 

@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from olmo_jax import sharding
+from olmo_jax.checkpoint import all_finite
 from olmo_jax.config import TrainConfig, parse_duration
 from olmo_jax.errors import ConfigError
 from olmo_jax.loss import loss_terms
@@ -32,7 +33,7 @@ class TrainState(NamedTuple):
     step: jax.Array  # number of batches consumed (updates applied + updates skipped as non-finite)
     params: dict[str, jax.Array]  # fp32 master weights
     opt_state: Any
-    nonfinite_steps: jax.Array  # how many updates the non-finite guard skipped
+    nonfinite_steps: jax.Array  # how many updates the non-finite guard skipped (from a finite state)
 
 
 @dataclass
@@ -167,11 +168,19 @@ def train_step(
     new_params = optax.apply_updates(state.params, updates)
     # The non-finite guard: a NaN/Inf loss or gradient never reaches the parameters or optimizer state.
     keep_new = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    # Keeping the old state is a skip only when that state is finite: NaN weights give a NaN loss at every
+    # step, and counting those as skips would hide them. Checked only after a non-finite step (the other
+    # branch of the cond costs nothing), so normal steps never pay for the pass over the parameters.
+    state_finite = jax.lax.cond(
+        finite,
+        lambda: jnp.array(True),
+        lambda: jnp.all(jnp.stack([all_finite(p) for p in jax.tree.leaves(state.params)])),
+    )
     new_state = TrainState(
         step=state.step + 1,
         params=jax.tree.map(keep_new, new_params, state.params),
         opt_state=jax.tree.map(keep_new, new_opt_state, state.opt_state),
-        nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+        nonfinite_steps=state.nonfinite_steps + (~finite & state_finite).astype(jnp.int32),
     )
     metrics = {
         "loss": ce + z_weight * z,
@@ -179,6 +188,7 @@ def train_step(
         "z_loss": z,
         "grad_norm": grad_norm,
         "finite": finite,
+        "state_finite": state_finite,
     }
     return new_state, metrics
 

@@ -156,7 +156,7 @@ def test_inspect_from_config_and_overrides(config, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("step 2  epoch 0  4 instances  fingerprint ")
-    assert main([*args[:-1], "--step=0"]) == 1
+    assert main([*args[:-1], "--step=0"]) == 2  # a bad flag: the input is at fault
 
 
 def test_global_arrays_on_8_fake_devices_hold_the_global_batch(config):

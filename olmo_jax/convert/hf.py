@@ -437,6 +437,27 @@ def check_param_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig) 
             )
 
 
+def check_config_sizes(config: ModelConfig, hf_dir: Path) -> None:
+    """Raise ConversionError when config.json's layer count or embedding size disagrees with the tensors present,
+    before anything is built per layer: a config may claim any size, and only the tensors say what there is."""
+    with SafetensorsReader(hf_dir) as reader:
+        names = reader.names()
+        layers = {int(m.group(1)) for m in map(re.compile(r"model\.layers\.(\d+)\.").match, names) if m}
+        if config.n_layers != len(layers):
+            raise ConversionError(
+                f"{hf_dir / 'config.json'} says num_hidden_layers={config.n_layers} but the weights hold "
+                f"{len(layers)} layers"
+            )
+        embedding = "model.embed_tokens.weight"
+        if embedding in names:
+            shape, expected = reader.shape(embedding), (config.embedding_size, config.d_model)
+            if shape != expected:
+                raise ConversionError(
+                    f"tensor {embedding} has shape {list(shape)} in {hf_dir}, but config.json's vocab_size and "
+                    f"hidden_size say {list(expected)}"
+                )
+
+
 def hf_tensors(params: dict[str, np.ndarray], config: ModelConfig, dtype: str) -> list[OutputTensor]:
     """The HF tensors of `params` (olmo_jax layout), produced lazily one at a time, cast to `dtype`."""
     check_param_shapes({name: np.shape(value) for name, value in params.items()}, config)
@@ -485,6 +506,7 @@ def import_hf(
     """
     hf = read_hf_config(hf_dir)
     config = model_config_from_hf(hf, str(hf_dir / "config.json"), vocab_size)
+    check_config_sizes(config, hf_dir)
     specs = tensor_specs(config)
     with SafetensorsReader(hf_dir) as reader:
         available = set(reader.names())

@@ -12,6 +12,7 @@ from olmo_jax import cli
 from olmo_jax.data.inspect import format_json, format_text, inspect_step, resolve_data_spec
 from olmo_jax.data.pipeline import build_pipeline
 from olmo_jax.data.prepare import ReadReport, input_files, prepare, read_documents
+from olmo_jax.data.source import verify_token_files
 from olmo_jax.data.tokenizer_formats import SentencePieceTokenizer, train_sentencepiece
 from olmo_jax.errors import ConfigError
 
@@ -96,6 +97,7 @@ def _inspect_parser(sub) -> None:
         help="training step as logged in metrics.jsonl (1-based: step N trained on global batch N-1); repeatable",
     )
     p.add_argument("--decode", action="store_true", help="show decoded text (needs the tokenizer)")
+    p.add_argument("--verify", action="store_true", help="first compare every token file's sha256 with its manifest")
     p.add_argument(
         "--format",
         choices=("text", "json"),
@@ -189,6 +191,9 @@ def _run_train_tokenizer(args: argparse.Namespace) -> None:
 
 def _run_inspect(args: argparse.Namespace, config_name: str | None, overrides: dict[str, str]) -> None:
     pipeline = build_pipeline(resolve_data_spec(args.run_dir, config_name, overrides))
+    if args.verify:
+        checked = verify_token_files(pipeline.source.files)
+        print(f"verified the sha256 of {checked} of {len(pipeline.source.files)} token files", file=sys.stderr)
     for step in args.step:
         record = inspect_step(pipeline, step, decode=args.decode)
         print(format_json(record) if args.format == "json" else format_text(record, args.preview), flush=True)

@@ -23,7 +23,7 @@ import numpy as np
 
 from olmo_jax.data.builtin import ensure_builtin_corpus
 from olmo_jax.data.order import BatchPlan, Cursor, GlobalOrder
-from olmo_jax.data.source import InstanceSource, build_instance_source
+from olmo_jax.data.source import InstanceSource, build_instance_source, check_tokenizer
 from olmo_jax.data.spec import DataSpec
 from olmo_jax.data.tokenizer import load_tokenizer
 from olmo_jax.data.tokenizer_formats import Tokenizer
@@ -170,6 +170,7 @@ def build_pipeline(spec: DataSpec) -> DataPipeline:
         seed=spec.seed,
     )
     tokenizer = _tokenizer_for(spec, builtin_tokenizer)
+    check_tokenizer(source.files, tokenizer.identity if tokenizer is not None else None)
     plan = BatchPlan(
         len(source),
         spec.sequence_length,

@@ -3,7 +3,9 @@
 Output: `<output>/part-00000.npy`, `part-00001.npy`, ... (written by `olmo_jax.data.token_writer`, which
 describes them and how encoding runs in worker processes) and `<output>/manifest.json` with the document and
 token counts, the tokenizer's identity and every file's sha256. The manifest comes last, so a folder without
-`manifest.json` is an unfinished run. A failed run removes what it wrote.
+`manifest.json` is an unfinished run, which the trainer and `inspect` refuse. A failed run removes what it wrote;
+the hidden temporary files a killed run leaves are removed by the next run into the same folder. Input with no
+document at all is an error.
 
 Malformed input (invalid JSON or UTF-8, a record without a string text field) is counted per file and reported
 with file, line and byte offset; it is never silently dropped.
@@ -27,11 +29,11 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from olmo_jax import atomic
+from olmo_jax.data.source import MANIFEST_NAME
 from olmo_jax.data.token_writer import write_token_files
 from olmo_jax.data.tokenizer import load_tokenizer
 from olmo_jax.errors import PrepareError
 
-MANIFEST_NAME = "manifest.json"
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 TEXT_UNITS = ("file", "paragraph", "line")
@@ -267,12 +269,18 @@ class Progress:
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
+    """Clear the output folder: what a killed run left (files with no manifest, temporary files) always, a
+    finished run's output only with `overwrite`."""
     existing = sorted(output.glob("part-*.npy"))
+    leftovers = [*output.glob(".part-*.npy.*.tmp"), *output.glob(f".{MANIFEST_NAME}.*.tmp")]
     if (output / MANIFEST_NAME).exists():
-        existing.append(output / MANIFEST_NAME)
-    if existing and not overwrite:
-        raise PrepareError(f"output folder {output} already holds token files or a manifest; pass --overwrite")
-    for path in existing:
+        if not overwrite:
+            raise PrepareError(f"output folder {output} already holds token files and a manifest; pass --overwrite")
+        existing.insert(0, output / MANIFEST_NAME)  # first: a folder is never left with a manifest but no parts
+    else:
+        leftovers += existing  # without a manifest, part files are what a killed run wrote
+        existing = []
+    for path in [*existing, *leftovers]:
         path.unlink()
 
 
@@ -315,6 +323,12 @@ def prepare(
     )
     seconds = time.perf_counter() - start
     meter.update(report.raw_bytes_read, manifest["documents"], manifest["tokens"], final=True)
+    if manifest["documents"] == 0:
+        empty = sum(s.empty for s in report.inputs)
+        raise PrepareError(
+            f"the {len(files)} input file(s) hold no document ({empty} empty, {report.malformed_total} malformed "
+            f"records): nothing to prepare"
+        )
     manifest["tokenizer"]["identifier"] = tokenizer_identifier
     manifest.update(
         text_bytes=sum(s.text_bytes for s in report.inputs),

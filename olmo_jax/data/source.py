@@ -8,6 +8,12 @@ Several named sources (`data.sources`) are concatenated in name order (sorted, s
 `yaml.safe_dump`, which sorts keys, gives the same instance indices). A source's `weight` is its sampling rate
 per epoch, Dolma-style: weight 2 lists each of its instances twice, 0.5 lists a fixed random half (chosen with
 `PCG64([seed, source_number])`), 0 leaves it out. With every weight 1 the index space is the plain concatenation.
+
+A folder that `prepare` wrote is checked against its `manifest.json` (which `prepare` writes last): a folder with
+prepare's part files and no manifest is an unfinished prepare and is refused, and each file's size must be the
+manifest's (`verify_token_files` also compares sha256 sums). The built-in corpus keeps its manifests in the
+`builtin.json` beside its token folders. Folders no manifest describes (OLMo's own token files) are used as they
+are; a file starting with NumPy's `.npy` header (`np.save` output, not raw tokens) is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +33,12 @@ from typing import Any
 import numpy as np
 
 from olmo_jax.errors import ConfigError, DataError
+
+MANIFEST_NAME = "manifest.json"  # what `prepare` writes beside its token files, last
+BUILTIN_INFO_NAME = "builtin.json"  # the built-in corpus's description, beside its token folders
+NUMPY_MAGIC = b"\x93NUMPY"
+# prepare's part files and the temporary names it writes them under (`atomic.temporary_name`).
+_PREPARE_FILE = re.compile(r"^\.?part-\d{5}\.npy(\.\d+\.tmp)?$")
 
 
 def token_dtype(vocab_size: int, override: str | None = None) -> np.dtype:
@@ -60,10 +73,62 @@ class TokenFile:
     source: str
     num_tokens: int
     dtype: np.dtype
+    manifest: str | None = None  # the manifest that describes it, if any
+    sha256: str | None = None  # the manifest's
+    tokenizer_identity: str | None = None  # the manifest's: the tokenizer the file was made with
 
 
-def open_token_file(path: str, dtype: np.dtype, source: str = "") -> TokenFile:
-    """Check that `path` is a non-empty raw token file of `dtype` and describe it."""
+def folder_manifest(folder: str) -> tuple[str, dict[str, Any]] | None:
+    """(where, manifest) describing the token files of `folder`, or None when none does (OLMo's own folders).
+
+    Raises DataError for a folder holding prepare's part files but no manifest (a prepare that did not finish).
+    """
+    folder = folder or "."
+    where = os.path.join(folder, MANIFEST_NAME)
+    if os.path.isfile(where):
+        return where, _read_json(where)
+    builtin = os.path.join(os.path.dirname(os.path.abspath(folder)), BUILTIN_INFO_NAME)
+    if os.path.isfile(builtin):
+        entry = _read_json(builtin).get(os.path.basename(os.path.abspath(folder)))
+        if isinstance(entry, dict) and isinstance(entry.get("files"), list):
+            return builtin, entry
+    if any(_PREPARE_FILE.match(name) for name in os.listdir(folder)):
+        raise DataError(f"token folder {folder} holds part files but no {MANIFEST_NAME}: unfinished prepare: rerun it")
+    return None
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read the token manifest {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"token manifest {path} does not hold a JSON object")
+    return data
+
+
+def _manifest_entry(path: str, size: int, dtype: np.dtype, described: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's entry for token file `path`, checked against the file's size and `dtype`."""
+    where, manifest = described
+    name = os.path.basename(path)
+    entry = next((f for f in manifest["files"] if isinstance(f, dict) and f.get("path") == name), None)
+    if entry is None:
+        raise DataError(f"token file {path} is not listed in {where} (added to the folder after prepare?)")
+    if manifest.get("dtype") not in (None, dtype.name):
+        raise DataError(f"token file {path} holds {manifest['dtype']} tokens ({where}) but is read as {dtype.name}")
+    expected = int(entry.get("tokens", -1)) * dtype.itemsize
+    if size != expected:
+        raise DataError(
+            f"token file {path} has {size} bytes but {where} says {expected} ({entry.get('tokens')} tokens): "
+            "truncated or changed since prepare; rerun prepare"
+        )
+    return entry
+
+
+def open_token_file(path: str, dtype: np.dtype, source: str = "", manifests: dict[str, Any] | None = None) -> TokenFile:
+    """Check that `path` is a non-empty raw token file of `dtype` (and what its folder's manifest says of it, if
+    any) and describe it. `manifests` caches `folder_manifest` per folder across calls."""
     if not os.path.exists(path):
         raise DataError(f"token file {path} does not exist")
     if not os.path.isfile(path):
@@ -71,12 +136,64 @@ def open_token_file(path: str, dtype: np.dtype, source: str = "") -> TokenFile:
     size = os.path.getsize(path)
     if size == 0:
         raise DataError(f"token file {path} is empty")
+    with open(path, "rb") as f:
+        if f.read(len(NUMPY_MAGIC)) == NUMPY_MAGIC:
+            raise DataError(
+                f"token file {path} is a NumPy .npy file with a header (np.save output), not raw tokens: "
+                "write token files with array.tofile(path), or use data prepare"
+            )
     if size % dtype.itemsize:
         raise DataError(
             f"token file {path} has {size} bytes, not a multiple of the {dtype.name} item size {dtype.itemsize} "
             "(is data.dtype right?)"
         )
-    return TokenFile(path=path, source=source, num_tokens=size // dtype.itemsize, dtype=dtype)
+    manifests = {} if manifests is None else manifests
+    folder = os.path.dirname(path)
+    if folder not in manifests:
+        manifests[folder] = folder_manifest(folder)
+    described = manifests[folder]
+    if described is None:
+        return TokenFile(path=path, source=source, num_tokens=size // dtype.itemsize, dtype=dtype)
+    entry = _manifest_entry(path, size, dtype, described)
+    tokenizer = described[1].get("tokenizer")
+    return TokenFile(
+        path=path,
+        source=source,
+        num_tokens=size // dtype.itemsize,
+        dtype=dtype,
+        manifest=described[0],
+        sha256=entry.get("sha256"),
+        tokenizer_identity=tokenizer.get("identity") if isinstance(tokenizer, dict) else None,
+    )
+
+
+def verify_token_files(files: Sequence[TokenFile]) -> int:
+    """Compare every file's sha256 with its manifest's; returns how many were checked (those with a manifest).
+    Raises DataError naming the first file that differs."""
+    checked = 0
+    for f in files:
+        if f.sha256 is None:
+            continue
+        digest = hashlib.sha256()
+        with open(f.path, "rb") as handle:
+            while block := handle.read(1 << 24):
+                digest.update(block)
+        if digest.hexdigest() != f.sha256:
+            raise DataError(f"token file {f.path} does not match the sha256 in {f.manifest}: it changed since prepare")
+        checked += 1
+    return checked
+
+
+def check_tokenizer(files: Sequence[TokenFile], identity: str | None) -> None:
+    """Refuse token files whose manifest names another tokenizer than the run's (`identity`; None: no check)."""
+    if identity is None:
+        return
+    for f in files:
+        if f.tokenizer_identity is not None and f.tokenizer_identity != identity:
+            raise DataError(
+                f"token file {f.path} was made with tokenizer {f.tokenizer_identity} ({f.manifest}) but the run's "
+                f"tokenizer is {identity}; set tokenizer.identifier to the one prepare used"
+            )
 
 
 @dataclass(frozen=True)
@@ -241,13 +358,14 @@ def build_instance_source(
     if not paths and not sources:
         raise ConfigError("no training data: set data.paths (token files, globs welcome) or data.sources")
     file_dtype = token_dtype(vocab_size, dtype)
+    manifests: dict[str, Any] = {}
     if paths:
-        files = [open_token_file(p, file_dtype) for p in expand_paths(paths)]
+        files = [open_token_file(p, file_dtype, manifests=manifests) for p in expand_paths(paths)]
         return InstanceSource(files, seq_len, vocab_size=vocab_size)
     entries = _source_entries(sources)
     files, counts, weights = [], [], []
     for name, source_paths, weight in entries:
-        source_files = [open_token_file(p, file_dtype, source=name) for p in source_paths]
+        source_files = [open_token_file(p, file_dtype, source=name, manifests=manifests) for p in source_paths]
         files.extend(source_files)
         counts.append(sum(f.num_tokens // seq_len for f in source_files))
         weights.append(weight)

@@ -79,6 +79,8 @@ class Evaluator:
             raise EvalError(f"limit must be positive, got {limit}")
         self.max_length = max_length
         self.save_requests = save_requests
+        self.tokenizer_vocab_size = tokenizer.vocab_size
+        self.tokenizer_name = getattr(tokenizer, "identity", None) or getattr(tokenizer, "path", "the tokenizer")
         self.pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
         self.tasks: list[PreparedTask] = [
             prepare_task(task, load_rows(task, data_dir, limit), tokenizer) for task in tasks
@@ -122,7 +124,14 @@ class Evaluator:
         mesh: Mesh | None = None,
         printer: Callable[[str], None] | None = None,
     ) -> EvalResults:
-        """Score every task and text set with `model`; `printer` receives progress lines."""
+        """Score every task and text set with `model`; `printer` receives progress lines. Raises EvalError when
+        the tokenizer has more tokens than the model's vocabulary (its ids would read rows the model never
+        trained, or none at all)."""
+        if self.tokenizer_vocab_size > model.config.vocab_size:
+            raise EvalError(
+                f"the tokenizer {self.tokenizer_name} has {self.tokenizer_vocab_size} tokens but the model's "
+                f"vocabulary has {model.config.vocab_size}: it is not this model's tokenizer (pass --tokenizer)"
+            )
         started = time.perf_counter()
         scorer = self._scorer_for(model, batch_size, mesh)
         results = EvalResults()
