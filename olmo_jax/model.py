@@ -294,29 +294,29 @@ class OLMo(nnx.Module):
         ropes = {scaled: rope_tables(seq_len, config, scaled) for scaled in (False, True)}
         weights = self.block_weights()
 
-        def layer_fn(window: int | None) -> Callable[[jax.Array, BlockWeights], jax.Array]:
+        def layer_fn(window: int | None, in_scan: bool) -> Callable[[jax.Array, BlockWeights], jax.Array]:
             # RoPE scaling is for full-attention layers only, as OLMo-3's long-context models.
             def layer(x: jax.Array, w: BlockWeights) -> jax.Array:
                 return block(x, w, ropes[window is None], window, config)
 
-            if config.remat != "none":
-                layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers)
+            if config.remat != "none":  # CSE cannot undo remat inside a scan, only outside one
+                layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not in_scan)
             return layer
 
         group = max(1, len(config.sliding_window_pattern))
-        layers = [layer_fn(config.layer_window(i)) for i in range(group)]
         scanned = n_layers - n_layers % group if config.scan_layers else 0
         if scanned:
+            in_group = [layer_fn(config.layer_window(j), in_scan=True) for j in range(group)]
 
             def run_group(x: jax.Array, w: BlockWeights) -> tuple[jax.Array, None]:
-                for j, layer in enumerate(layers):
+                for j, layer in enumerate(in_group):
                     x = layer(x, jax.tree.map(lambda a, j=j: a[j], w))
                 return x, None
 
             grouped = jax.tree.map(lambda a: a[:scanned].reshape(scanned // group, group, *a.shape[1:]), weights)
             x, _ = jax.lax.scan(run_group, x, grouped)
         for i in range(scanned, n_layers):
-            x = layers[i % group](x, jax.tree.map(lambda a, i=i: a[i], weights))
+            x = layer_fn(config.layer_window(i), in_scan=False)(x, jax.tree.map(lambda a, i=i: a[i], weights))
         return norm(x, self.final_norm[...] if hasattr(self, "final_norm") else None, config)
 
     def head_weight(self) -> jax.Array:
