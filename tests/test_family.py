@@ -28,7 +28,7 @@ import olmo_jax  # noqa: E402
 from olmo_jax.config import ModelConfig, OptimizerConfig, load_config  # noqa: E402
 from olmo_jax.convert.checkpoints import from_hf, to_hf  # noqa: E402
 from olmo_jax.convert.hf import hf_config_dict  # noqa: E402
-from olmo_jax.errors import ConversionError  # noqa: E402
+from olmo_jax.errors import ConfigError, ConversionError  # noqa: E402
 from olmo_jax.loss import loss_terms  # noqa: E402
 from olmo_jax.model import OLMo, num_params  # noqa: E402
 from olmo_jax.optim import decay_mask  # noqa: E402
@@ -223,3 +223,16 @@ def test_presets_have_the_released_models_parameter_counts(name: str) -> None:
     assert num_params(config.model) == RELEASED[name]
     hf = hf_config_dict(config.model, "bfloat16")  # every preset converts to its HF architecture
     assert hf["model_type"] == name[:5]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n_kv_heads": 3}, "model.n_kv_heads=3 does not divide model.n_heads=4"),
+        ({"sliding_window_pattern": [4096, 0]}, r"model.sliding_window_pattern\[1\]"),
+        ({"rope_scaling": "yarn"}, "model.rope_original_max_position_embeddings"),
+    ],
+)
+def test_the_spec_validates_itself_naming_the_key(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        spec(**changes).validate()
