@@ -81,7 +81,11 @@ def _non_negative_number(key: str, value: Any, *, nullable: bool = False) -> Non
 
 @dataclass
 class ModelConfig:
-    """The OLMo-1 decoder (`olmo.config.ModelConfig` names)."""
+    """The OLMo decoder family (`olmo.config.ModelConfig` names where OLMo has one).
+
+    The defaults are OLMo-1; the architecture fields below (block_order ... rope_scaling) select OLMo-2 and
+    OLMo-3, and `olmo_jax.model` reads them in one block function.
+    """
 
     d_model: int = 768
     n_heads: int = 12
@@ -104,6 +108,27 @@ class ModelConfig:
     init_cutoff_factor: float | None = 3.0
     eos_token_id: int = 50279
     pad_token_id: int = 1
+    # The architecture. `sequential` (OLMo-1): x + attn(norm(x)), then x + mlp(norm(x)); `reordered_norm`
+    # (OLMo-2/3): x + norm(attn(x)), then h + norm(mlp(h)). One norm kind everywhere, final norm included:
+    # OLMo-1's non-parametric LayerNorm, or RMSNorm with a weight (both with `layer_norm_eps`).
+    block_order: Literal["sequential", "reordered_norm"] = "sequential"
+    norm: Literal["layer_norm", "rms_norm"] = "layer_norm"
+    # RMSNorm of q and k before RoPE: over the whole projection (OLMo-2/3's q_norm/k_norm) or per head.
+    qk_norm: Literal["none", "full", "per_head"] = "none"
+    n_kv_heads: int | None = None  # grouped-query attention; None: n_heads (multi-head)
+    # Attention window per layer, the list repeated over the layers (OLMo-core's pattern): layer i sees the
+    # last `pattern[i % len(pattern)]` tokens including its own, -1 meaning all. Empty: every layer full.
+    sliding_window_pattern: list[int] = field(default_factory=list)
+    # RoPE scaling of the full-attention layers (sliding-window layers keep plain RoPE, as OLMo-3): YaRN
+    # (OLMo-3's long-context models) or Llama-3's, by `rope_factor` over `rope_original_max_position_embeddings`.
+    rope_scaling: Literal["none", "yarn", "llama3"] = "none"
+    rope_factor: float = 1.0
+    rope_original_max_position_embeddings: int | None = None
+    rope_attention_factor: float | None = None  # YaRN's cos/sin scale; None: 0.1 ln(factor) + 1
+    rope_beta_fast: float = 32.0  # YaRN's ramp bounds, in rotations
+    rope_beta_slow: float = 1.0
+    rope_low_freq_factor: float = 1.0  # Llama-3's band edges
+    rope_high_freq_factor: float = 4.0
     # JAX-side choices (no OLMo equivalent).
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -114,6 +139,18 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: `n_kv_heads`, or `n_heads` for multi-head attention."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    def layer_window(self, layer: int) -> int | None:
+        """The attention window of 0-based `layer` in tokens, or None for full causal attention."""
+        if not self.sliding_window_pattern:
+            return None
+        window = self.sliding_window_pattern[layer % len(self.sliding_window_pattern)]
+        return None if window == -1 else window
 
     @property
     def ff_proj_size(self) -> int:
@@ -150,6 +187,24 @@ class ModelConfig:
         _positive_number("model.layer_norm_eps", self.layer_norm_eps)
         _positive_number("model.init_std", self.init_std)
         _positive_number("model.init_cutoff_factor", self.init_cutoff_factor, nullable=True)
+        _positive_int("model.n_kv_heads", self.n_kv_heads, nullable=True)
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(f"model.n_kv_heads={self.n_kv_heads} does not divide model.n_heads={self.n_heads}")
+        for i, window in enumerate(self.sliding_window_pattern):
+            _require(
+                _is_int(window) and (window >= 1 or window == -1),
+                f"model.sliding_window_pattern[{i}]",
+                window,
+                "an integer >= 1 (a window in tokens) or -1 (full attention)",
+            )
+        if self.rope_scaling != "none":
+            _require(
+                _is_number(self.rope_factor) and self.rope_factor >= 1, "model.rope_factor", self.rope_factor, ">= 1"
+            )
+            _positive_int("model.rope_original_max_position_embeddings", self.rope_original_max_position_embeddings)
+            _positive_number("model.rope_attention_factor", self.rope_attention_factor, nullable=True)
+            for name in ("rope_beta_fast", "rope_beta_slow", "rope_low_freq_factor", "rope_high_freq_factor"):
+                _positive_number(f"model.{name}", getattr(self, name))
 
 
 @dataclass

@@ -1,22 +1,27 @@
-"""The OLMo-1 decoder in Flax NNX.
+"""The OLMo decoder family (OLMo-1, OLMo-2, OLMo-3) in Flax NNX, one block read from `ModelConfig`.
 
-    tokens -> embedding -> n_layers x [x + Attn(LN(x)); x + MLP(LN(x))] -> LN -> LM head -> logits
+    tokens -> embedding -> n_layers x block -> norm -> LM head -> logits
 
-OLMo-1 specifics, each as in allenai/OLMo's `olmo/model.py`:
-- LayerNorm without weight or bias, eps 1e-5, computed in fp32.
-- No biases, no dropout. Full multi-head causal attention with rotate-half RoPE computed in fp32.
-- SwiGLU with a fused input projection whose first half is "up" and second half the gate.
-- Mitchell init: truncated normal (+-`init_cutoff_factor` std, 3 when unset), output projections scaled
-  down with depth.
+    sequential (OLMo-1):       x = x + Attn(N(x));   x = x + MLP(N(x))
+    reordered_norm (OLMo-2/3): x = x + N(Attn(x));   x = x + N(MLP(x))
+
+Shared by all, each as in allenai/OLMo and OLMo-core: no biases, no dropout; SwiGLU with a fused input
+projection whose first half is "up" and the second the gate; rotate-half RoPE in fp32; norms in fp32. The
+choices (`ModelConfig`): the norm (OLMo-1's non-parametric LayerNorm or RMSNorm with a weight), QK-norm,
+grouped-query attention, a per-layer attention window and RoPE scaling. Init: Mitchell (truncated normal at
++-`init_cutoff_factor` std, 3 when unset, output projections scaled down with depth) or a plain
+truncated normal (OLMo-2/3); norm weights start at 1.
 
 Layer weights are stored stacked along a leading `layers` axis whether the layers run under
 `jax.lax.scan` or unrolled, so a checkpoint does not depend on that switch. Every parameter carries
-logical axis names in its `axes` metadata; `olmo_jax.sharding` maps them to mesh axes.
+logical axis names in its `axes` metadata; `olmo_jax.sharding` maps them to mesh axes. Norm weights are
+named `*_norm` (the optimizer's `decay_norm_and_bias` group).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -44,12 +49,22 @@ REMAT_POLICIES = {
 
 
 class BlockWeights(NamedTuple):
-    """One layer's weights (or all layers', stacked on a leading axis). Kernels are [in, out]."""
+    """One layer's weights (or all layers', stacked on a leading axis). Kernels are [in, out].
 
-    att_proj: jax.Array  # [d_model, 3 (q, k, v), n_heads, head_dim]
+    Multi-head attention keeps OLMo-1's fused `att_proj`; grouped-query attention has fewer k/v heads than
+    q heads, so it stores `q_proj` and `kv_proj` instead. Absent weights are None.
+    """
+
     attn_out: jax.Array  # [n_heads, head_dim, d_model]
     ff_proj: jax.Array  # [d_model, 2 (up, gate), hidden]
     ff_out: jax.Array  # [hidden, d_model]
+    att_proj: jax.Array | None = None  # [d_model, 3 (q, k, v), n_heads, head_dim]  (MHA)
+    q_proj: jax.Array | None = None  # [d_model, n_heads, head_dim]  (GQA)
+    kv_proj: jax.Array | None = None  # [d_model, 2 (k, v), kv_heads, head_dim]  (GQA)
+    attn_norm: jax.Array | None = None  # [d_model]: RMSNorm weights of the attention and MLP branches
+    ff_norm: jax.Array | None = None  # [d_model]
+    q_norm: jax.Array | None = None  # [n_heads, head_dim] (full) or [head_dim] (per head)
+    k_norm: jax.Array | None = None  # [kv_heads, head_dim] (full) or [head_dim] (per head)
 
 
 def init_std(config: ModelConfig, name: str, layer: jax.Array | int = 0) -> jax.Array | float:
@@ -61,7 +76,7 @@ def init_std(config: ModelConfig, name: str, layer: jax.Array | int = 0) -> jax.
         return 1.0 / jnp.sqrt(2.0 * d * (jnp.asarray(layer) + 1))
     if name == "ff_out":
         return 1.0 / jnp.sqrt(2.0 * config.hidden_size * (jnp.asarray(layer) + 1))
-    return 1.0 / math.sqrt(d)  # att_proj, ff_proj, wte, untied LM head
+    return 1.0 / math.sqrt(d)  # att_proj (q_proj, kv_proj), ff_proj, wte, untied LM head
 
 
 def _truncated_normal(key: jax.Array, shape: tuple[int, ...], std, config: ModelConfig, dtype) -> jax.Array:
@@ -86,12 +101,58 @@ def layer_norm(x: jax.Array, eps: float) -> jax.Array:
     return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
-def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables [seq_len, head_dim] for rotate-half RoPE, in fp32."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, axes: tuple[int, ...] = (-1,)) -> jax.Array:
+    """RMSNorm over `axes` in fp32 with `weight` (broadcast over the leading axes), cast back to x's dtype."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.square(x32).mean(axes, keepdims=True) + eps)
+    return (normed * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def norm(x: jax.Array, weight: jax.Array | None, config: ModelConfig) -> jax.Array:
+    """The config's norm over the model dimension (`weight` is None for OLMo-1's LayerNorm)."""
+    if config.norm == "rms_norm":
+        return rms_norm(x, weight, config.layer_norm_eps)
+    return layer_norm(x, config.layer_norm_eps)
+
+
+def inverse_frequencies(config: ModelConfig, scaled: bool) -> tuple[np.ndarray, float]:
+    """RoPE's inverse frequencies [head_dim / 2] and the cos/sin scale, scaled as `config.rope_scaling` when
+    `scaled` (transformers' `_compute_yarn_parameters` / `_compute_llama3_parameters` formulas)."""
+    dim, theta = config.head_dim, config.rope_theta
+    inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    if not scaled or config.rope_scaling == "none":
+        return inv_freq, 1.0
+    factor, original = config.rope_factor, config.rope_original_max_position_embeddings
+    if config.rope_scaling == "llama3":
+        wavelen = 2 * math.pi / inv_freq
+        low_wavelen, high_wavelen = original / config.rope_low_freq_factor, original / config.rope_high_freq_factor
+        long = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - config.rope_low_freq_factor) / (
+            config.rope_high_freq_factor - config.rope_low_freq_factor
+        )
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return np.where(medium, (1 - smooth) * long / factor + smooth * long, long).astype(np.float32), 1.0
+
+    def correction_dim(rotations: float) -> float:  # the dimension that turns `rotations` times in `original`
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low = max(math.floor(correction_dim(config.rope_beta_fast)), 0)
+    high = min(math.ceil(correction_dim(config.rope_beta_slow)), dim - 1)
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / ((high - low) or 1e-3), 0, 1)
+    extrapolated = 1 - ramp  # 1: keep the frequency (high frequencies); 0: interpolate by `factor`
+    inv_freq = (inv_freq / factor) * (1 - extrapolated) + inv_freq * extrapolated
+    scale = config.rope_attention_factor
+    if scale is None:
+        scale = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return inv_freq.astype(np.float32), scale
+
+
+def rope_tables(seq_len: int, config: ModelConfig, scaled: bool = False) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [seq_len, head_dim] for rotate-half RoPE, in fp32 (`scaled`: full-attention layers)."""
+    inv_freq, scale = inverse_frequencies(config, scaled)
+    angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]
     angles = jnp.concatenate([angles, angles], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
+    return jnp.cos(angles) * scale, jnp.sin(angles) * scale
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -125,34 +186,62 @@ def constrain_activations(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec)
 
 
-def block(x: jax.Array, w: BlockWeights, cos: jax.Array, sin: jax.Array, config: ModelConfig) -> jax.Array:
-    """One sequential OLMo block on x [B, T, d_model] in the compute dtype."""
-    dtype = x.dtype
-    h = layer_norm(x, config.layer_norm_eps)
-    qkv = jnp.einsum("btd,dkhe->btkhe", h, w.att_proj.astype(dtype))
+def attention(
+    h: jax.Array, w: BlockWeights, rope: tuple[jax.Array, jax.Array], window: int | None, config: ModelConfig
+) -> jax.Array:
+    """Causal self-attention of h [B, T, d_model]; `window` (static) limits each query to its last keys."""
+    dtype = h.dtype
+    if w.att_proj is not None:
+        qkv = jnp.einsum("btd,dkhe->btkhe", h, w.att_proj.astype(dtype))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    else:
+        q = jnp.einsum("btd,dhe->bthe", h, w.q_proj.astype(dtype))
+        kv = jnp.einsum("btd,dkhe->btkhe", h, w.kv_proj.astype(dtype))
+        k, v = kv[:, :, 0], kv[:, :, 1]
     if config.clip_qkv is not None:
-        qkv = jnp.clip(qkv, -config.clip_qkv, config.clip_qkv)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (jnp.clip(a, -config.clip_qkv, config.clip_qkv) for a in (q, k, v))
+    if config.qk_norm != "none":
+        axes = (-2, -1) if config.qk_norm == "full" else (-1,)
+        q = rms_norm(q, w.q_norm, config.layer_norm_eps, axes)
+        k = rms_norm(k, w.k_norm, config.layer_norm_eps, axes)
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     attended = jax.nn.dot_product_attention(
-        q, k, v, is_causal=True, implementation=attention_implementation(config, dtype)
+        q,
+        k,
+        v,
+        is_causal=True,
+        local_window_size=None if window is None else (window - 1, 0),
+        implementation=attention_implementation(config, dtype),
     )
-    x = x + jnp.einsum("bthe,hed->btd", attended, w.attn_out.astype(dtype))
+    return jnp.einsum("bthe,hed->btd", attended, w.attn_out.astype(dtype))
 
-    h = layer_norm(x, config.layer_norm_eps)
-    up_gate = jnp.einsum("btd,dkf->btkf", h, w.ff_proj.astype(dtype))
+
+def mlp(h: jax.Array, w: BlockWeights) -> jax.Array:
+    """SwiGLU MLP of h [B, T, d_model]."""
+    up_gate = jnp.einsum("btd,dkf->btkf", h, w.ff_proj.astype(h.dtype))
     up, gate = up_gate[:, :, 0], up_gate[:, :, 1]
-    return constrain_activations(x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w.ff_out.astype(dtype)))
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w.ff_out.astype(h.dtype))
+
+
+def block(
+    x: jax.Array, w: BlockWeights, rope: tuple[jax.Array, jax.Array], window: int | None, config: ModelConfig
+) -> jax.Array:
+    """One OLMo block on x [B, T, d_model] in the compute dtype, in the config's block order."""
+    if config.block_order == "sequential":
+        x = x + attention(norm(x, w.attn_norm, config), w, rope, window, config)
+        return constrain_activations(x + mlp(norm(x, w.ff_norm, config), w))
+    x = x + norm(attention(x, w, rope, window, config), w.attn_norm, config)
+    return constrain_activations(x + norm(mlp(x, w), w.ff_norm, config))
 
 
 class OLMo(nnx.Module):
-    """OLMo-1 decoder. `model(tokens [B, T] int32) -> logits [B, T, embedding_size] float32`."""
+    """OLMo decoder. `model(tokens [B, T] int32) -> logits [B, T, embedding_size] float32`."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         config.validate()
         self.config = config
         d, n_layers, vocab = config.d_model, config.n_layers, config.padded_vocab_size
-        heads, head_dim, hidden = config.n_heads, config.head_dim, config.hidden_size
+        heads, kv_heads, head_dim, hidden = config.n_heads, config.kv_heads, config.head_dim, config.hidden_size
         dtype = DTYPES[config.param_dtype]
         layers = jnp.arange(n_layers)
 
@@ -162,39 +251,78 @@ class OLMo(nnx.Module):
             value = _truncated_normal(rngs.params(), (n_layers, *shape), std, config, dtype)
             return nnx.Param(value, axes=("layers", *axes))
 
+        def ones(shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
+            return nnx.Param(jnp.ones(shape, dtype), axes=axes)
+
         self.wte = nnx.Param(
             _truncated_normal(rngs.params(), (vocab, d), init_std(config, "wte"), config, dtype),
             axes=("vocab", "embed"),
         )
-        self.att_proj = stacked("att_proj", (d, 3, heads, head_dim), ("embed", None, "heads", "head_dim"))
+        if kv_heads == heads:
+            self.att_proj = stacked("att_proj", (d, 3, heads, head_dim), ("embed", None, "heads", "head_dim"))
+        else:
+            self.q_proj = stacked("q_proj", (d, heads, head_dim), ("embed", "heads", "head_dim"))
+            self.kv_proj = stacked("kv_proj", (d, 2, kv_heads, head_dim), ("embed", None, "heads", "head_dim"))
         self.attn_out = stacked("attn_out", (heads, head_dim, d), ("heads", "head_dim", "embed"))
         self.ff_proj = stacked("ff_proj", (d, 2, hidden), ("embed", None, "mlp"))
         self.ff_out = stacked("ff_out", (hidden, d), ("mlp", "embed"))
+        if config.norm == "rms_norm":
+            self.attn_norm = ones((n_layers, d), ("layers", "embed"))
+            self.ff_norm = ones((n_layers, d), ("layers", "embed"))
+            self.final_norm = ones((d,), ("embed",))
+        if config.qk_norm == "full":
+            self.q_norm = ones((n_layers, heads, head_dim), ("layers", "heads", "head_dim"))
+            self.k_norm = ones((n_layers, kv_heads, head_dim), ("layers", "heads", "head_dim"))
+        elif config.qk_norm == "per_head":
+            self.q_norm = ones((n_layers, head_dim), ("layers", "head_dim"))
+            self.k_norm = ones((n_layers, head_dim), ("layers", "head_dim"))
         if not config.weight_tying:
             self.lm_head = nnx.Param(
                 _truncated_normal(rngs.params(), (d, vocab), init_std(config, "lm_head"), config, dtype),
                 axes=("embed", "vocab"),
             )
 
+    def block_weights(self) -> BlockWeights:
+        """Every layer's weights, stacked on the leading `layers` axis."""
+        return BlockWeights(**{name: getattr(self, name)[...] for name in BlockWeights._fields if hasattr(self, name)})
+
     def hidden_states(self, tokens: jax.Array) -> jax.Array:
-        """Final-LayerNorm'd hidden states [B, T, d_model] in the compute dtype."""
+        """Final-normed hidden states [B, T, d_model] in the compute dtype.
+
+        Under `scan_layers` the scan runs over groups of `len(sliding_window_pattern)` layers, unrolled
+        inside a group, because an attention window must be static; leftover layers run unrolled after.
+        """
         config = self.config
         dtype = DTYPES[config.compute_dtype]
         x = constrain_activations(jnp.take(self.wte[...], tokens, axis=0).astype(dtype))
-        cos, sin = rope_tables(tokens.shape[1], config.head_dim, config.rope_theta)
-        weights = BlockWeights(self.att_proj[...], self.attn_out[...], self.ff_proj[...], self.ff_out[...])
+        seq_len, n_layers = tokens.shape[1], config.n_layers
+        ropes = {scaled: rope_tables(seq_len, config, scaled) for scaled in (False, True)}
+        weights = self.block_weights()
 
-        def layer(x: jax.Array, w: BlockWeights) -> tuple[jax.Array, None]:
-            return block(x, w, cos, sin, config), None
+        def layer_fn(window: int | None, in_scan: bool) -> Callable[[jax.Array, BlockWeights], jax.Array]:
+            # RoPE scaling is for full-attention layers only, as OLMo-3's long-context models.
+            def layer(x: jax.Array, w: BlockWeights) -> jax.Array:
+                return block(x, w, ropes[window is None], window, config)
 
-        if config.remat != "none":
-            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers)
-        if config.scan_layers:
-            x, _ = jax.lax.scan(layer, x, weights)
-        else:
-            for i in range(config.n_layers):
-                x, _ = layer(x, BlockWeights(*(w[i] for w in weights)))
-        return layer_norm(x, config.layer_norm_eps)
+            if config.remat != "none":  # CSE cannot undo remat inside a scan, only outside one
+                layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not in_scan)
+            return layer
+
+        group = max(1, len(config.sliding_window_pattern))
+        scanned = n_layers - n_layers % group if config.scan_layers else 0
+        if scanned:
+            in_group = [layer_fn(config.layer_window(j), in_scan=True) for j in range(group)]
+
+            def run_group(x: jax.Array, w: BlockWeights) -> tuple[jax.Array, None]:
+                for j, layer in enumerate(in_group):
+                    x = layer(x, jax.tree.map(lambda a, j=j: a[j], w))
+                return x, None
+
+            grouped = jax.tree.map(lambda a: a[:scanned].reshape(scanned // group, group, *a.shape[1:]), weights)
+            x, _ = jax.lax.scan(run_group, x, grouped)
+        for i in range(scanned, n_layers):
+            x = layer_fn(config.layer_window(i), in_scan=False)(x, jax.tree.map(lambda a, i=i: a[i], weights))
+        return norm(x, self.final_norm[...] if hasattr(self, "final_norm") else None, config)
 
     def head_weight(self) -> jax.Array:
         """LM head as [d_model, embedding_size] (the transposed embedding when tied)."""
@@ -225,9 +353,13 @@ def num_params(config: ModelConfig) -> int:
 
 
 def flops_per_token(config: ModelConfig, seq_len: int | None = None) -> float:
-    """Training FLOPs per token for MFU: 6 N + 12 L d T, N = matmul parameters incl. the LM head."""
+    """Training FLOPs per token for MFU: 6 N + 12 d sum_layers(keys attended), N = matmul parameters incl.
+    the LM head; a layer attends to T keys (T/2 on average under the causal mask, counted as OLMo does,
+    i.e. 12 L d T for full attention) or to its window."""
     t = seq_len or config.max_sequence_length
     d, n_layers = config.d_model, config.n_layers
-    per_layer = 3 * d * d + d * d + d * config.ff_proj_size + config.hidden_size * d
+    q_width, kv_width = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
+    per_layer = d * (q_width + 2 * kv_width) + q_width * d + d * config.ff_proj_size + config.hidden_size * d
     matmul_params = n_layers * per_layer + d * config.padded_vocab_size
-    return 6.0 * matmul_params + 12.0 * n_layers * d * t
+    keys = sum(min(t, config.layer_window(i) or t) for i in range(n_layers))
+    return 6.0 * matmul_params + 12.0 * d * keys

@@ -20,15 +20,22 @@ import optax
 
 from olmo_jax.config import OptimizerConfig, SchedulerConfig
 
-# Weights that are embeddings in OLMo's sense (decayed only with `decay_embeddings`). OLMo-1 has no
-# norm weights or biases, so `decay_norm_and_bias` never selects anything in this model.
+# Weights that are embeddings in OLMo's sense (decayed only with `decay_embeddings`). The model has no
+# biases; its norm weights (OLMo-2/3's RMSNorms) are the parameters named `*_norm`.
 EMBEDDING_PARAMS = ("wte",)
 
 
 def decay_mask(params: dict, optimizer: OptimizerConfig) -> dict:
     """True where weight decay applies: every Linear weight (untied LM head included), plus the
-    embedding if `decay_embeddings` (a tied embedding is the embedding, so it follows that flag)."""
-    return {name: optimizer.decay_embeddings if name in EMBEDDING_PARAMS else True for name in params}
+    embedding if `decay_embeddings` (a tied embedding is the embedding, so it follows that flag) and the
+    norm weights if `decay_norm_and_bias`."""
+
+    def decayed(name: str) -> bool:
+        if name in EMBEDDING_PARAMS:
+            return optimizer.decay_embeddings
+        return optimizer.decay_norm_and_bias if name.endswith("_norm") else True
+
+    return {name: decayed(name) for name in params}
 
 
 def clip_by_global_norm(max_norm: jax.Array | float) -> optax.GradientTransformation:

@@ -360,3 +360,22 @@ def test_the_1b_preset_runs_the_levers_measured_fastest_on_an_h100():
     config = load_config("1b")
     assert (config.model.attention_impl, config.model.remat, config.model.scan_layers) == ("auto", "none", False)
     assert config.device_train_microbatch_size == 8
+
+
+def test_bench_runs_the_olmo2_1b_preset_as_a_cpu_smoke_test():
+    # The OLMo-2 block (reordered RMSNorms, QK-norm) through the real train step; shrunk as SMOKE, with GQA
+    # and an OLMo-3 window pattern so the grouped scan runs too.
+    overrides = {**SMOKE_OVERRIDES, "model.n_heads": "4", "model.n_kv_heads": "2", "model.mlp_hidden_size": "256"}
+    overrides["model.sliding_window_pattern"] = "[8, -1]"
+    argv = [f"--config={REPO / 'configs' / 'olmo2_1b.yaml'}", *(f"--config.{k}={v}" for k, v in overrides.items())]
+    argv += ["--micro_batches=1", "--steps=1", "--warmup_steps=1", "--json"]
+    result = subprocess.run(
+        [sys.executable, "-c", BENCH_DRIVER, *argv], env=clean_env(1), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout.strip().splitlines()[-2])
+    # Per layer: q 64x64, k and v 64x32 (2 kv heads of 16), out 64x64, up/gate/down 3 x 64x128, then the
+    # attn/ff norms (64 each) and q/k norms (64, 32); plus the untied embedding and head, and the final norm.
+    per_layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 64 + 64 + 64 + 32
+    assert record["num_params"] == 2 * per_layer + 2 * 100_352 * 64 + 64
+    assert record["tokens_per_second_per_device"] > 0 and np.isfinite(record["final_loss"])

@@ -229,13 +229,26 @@ def test_to_hf_writes_one_file_below_the_shard_limit(tmp_path: Path) -> None:
 
 
 def test_from_hf_rejects_another_model_type(tmp_path: Path, hf_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = shutil.copytree(hf_dir, tmp_path / "llama")
+    hf_config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**hf_config, "model_type": "llama"}))
+
+    rc = main(["from-hf", str(bad), str(tmp_path / "out")])
+
+    assert_failed_cleanly(rc, capsys.readouterr().err, tmp_path / "out", "model_type 'llama'", "'olmo3'")
+
+
+def test_from_hf_names_the_first_tensor_a_relabelled_model_lacks(
+    tmp_path: Path, hf_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An OLMo-1 directory that claims to be OLMo-2 lacks OLMo-2's norm weights.
     bad = shutil.copytree(hf_dir, tmp_path / "olmo2")
     hf_config = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**hf_config, "model_type": "olmo2"}))
 
     rc = main(["from-hf", str(bad), str(tmp_path / "out")])
 
-    assert_failed_cleanly(rc, capsys.readouterr().err, tmp_path / "out", "model_type 'olmo2'", "'olmo'")
+    assert_failed_cleanly(rc, capsys.readouterr().err, tmp_path / "out", "model.layers.0.self_attn.q_norm.weight")
 
 
 def _rewrite_weights(hf_dir: Path, edit) -> None:

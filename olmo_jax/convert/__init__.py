@@ -1,4 +1,4 @@
-"""Checkpoint conversion between olmo_jax and Hugging Face `OlmoForCausalLM` directories.
+"""Checkpoint conversion between olmo_jax and Hugging Face OLMo (`Olmo`, `Olmo2`, `Olmo3ForCausalLM`) directories.
 
 - `checkpoints`: `to_hf` and `from_hf`, whole run directories ↔ HF directories;
 - `hf`: the HF layout: tensor names and shapes, the config, streaming safetensors reads and writes;

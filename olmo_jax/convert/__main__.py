@@ -11,7 +11,8 @@ from olmo_jax.convert.hf import parse_size
 from olmo_jax.model import PARAM_DTYPES
 
 DESCRIPTION = """\
-Convert between olmo_jax checkpoints and Hugging Face OLMo-1 (OlmoForCausalLM) directories.
+Convert between olmo_jax checkpoints and Hugging Face OLMo directories (OlmoForCausalLM,
+Olmo2ForCausalLM, Olmo3ForCausalLM: the architecture follows from the model's config).
 Weights move one tensor at a time; the output appears only when the conversion has succeeded."""
 
 EPILOG = """\
@@ -49,7 +50,7 @@ def build_parser(prog: str = "python -m olmo_jax.convert") -> argparse.ArgumentP
     to_hf = commands.add_parser(
         "to-hf",
         help="olmo_jax checkpoint -> HF directory (config.json, safetensors, tokenizer files)",
-        description="Write an HF OLMo directory that transformers.OlmoForCausalLM.from_pretrained loads.",
+        description="Write an HF OLMo directory that transformers.AutoModelForCausalLM.from_pretrained loads.",
     )
     to_hf.add_argument(
         "src",
@@ -80,7 +81,7 @@ def build_parser(prog: str = "python -m olmo_jax.convert") -> argparse.ArgumentP
     from_hf.add_argument(
         "hf_dir",
         metavar="HF_DIR",
-        help="HF OLMo-1 directory: config.json (model_type 'olmo') and "
+        help="HF OLMo directory: config.json (model_type 'olmo', 'olmo2' or 'olmo3') and "
         "model.safetensors or model.safetensors.index.json with its shards; a tokenizer.json or "
         "tokenizer.model there is copied into OUT",
     )

@@ -1,4 +1,4 @@
-"""Whole checkpoints: an olmo_jax run directory ↔ a Hugging Face `OlmoForCausalLM` directory.
+"""Whole checkpoints: an olmo_jax run directory ↔ a Hugging Face OLMo (-1, -2 or -3) directory.
 
 `to_hf` and `from_hf` write into a temporary sibling of the output directory and rename it at the end,
 so a failed conversion leaves nothing at the output path. `python -m olmo_jax.convert --help` is the CLI.

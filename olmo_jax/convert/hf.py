@@ -1,14 +1,20 @@
-"""Hugging Face OLMo-1 (`OlmoForCausalLM`, model_type "olmo") <-> olmo_jax: names, config, weights.
+"""Hugging Face OLMo models <-> olmo_jax: names, config, weights.
 
-The two layouts hold the same numbers:
+Three HF architectures, picked from the model spec (`hf_model_type`): OLMo-1 (`OlmoForCausalLM`, "olmo"),
+OLMo-2 (`Olmo2ForCausalLM`, "olmo2") and OLMo-3 (`Olmo3ForCausalLM`, "olmo3", OLMo-2 plus per-layer
+sliding windows). The two layouts hold the same numbers:
 
 | olmo_jax (kernels [in, out], layers stacked)  | HF (torch Linear weights [out, in], one per layer)  |
 |-----------------------------------------------|-----------------------------------------------------|
 | `wte` [V, d]                                  | `model.embed_tokens.weight` [V, d]                  |
-| `att_proj[i, :, 0/1/2]` [d, H, Dh]            | `model.layers.i.self_attn.{q,k,v}_proj.weight` [d, d] |
-| `attn_out[i]` [H, Dh, d]                      | `model.layers.i.self_attn.o_proj.weight` [d, d]     |
+| `att_proj[i, :, 0/1/2]` [d, H, Dh] (MHA)      | `model.layers.i.self_attn.{q,k,v}_proj.weight` [H Dh, d] |
+| `q_proj[i]`, `kv_proj[i, :, 0/1]` (GQA)       | the same, k and v [Hkv Dh, d]                       |
+| `attn_out[i]` [H, Dh, d]                      | `model.layers.i.self_attn.o_proj.weight` [d, H Dh]  |
+| `q_norm[i]`, `k_norm[i]` [H, Dh]              | `model.layers.i.self_attn.{q,k}_norm.weight` [H Dh] |
 | `ff_proj[i, :, 0/1]` [d, hidden] (up, gate)   | `model.layers.i.mlp.{up,gate}_proj.weight` [hidden, d] |
 | `ff_out[i]` [hidden, d]                       | `model.layers.i.mlp.down_proj.weight` [d, hidden]   |
+| `attn_norm[i]`, `ff_norm[i]` [d]              | `model.layers.i.post_{attention,feedforward}_layernorm.weight` |
+| `final_norm` [d]                              | `model.norm.weight`                                 |
 | `lm_head` [d, V] (untied only)                | `lm_head.weight` [V, d]                             |
 
 Weights move one tensor at a time: the writer streams each tensor's bytes straight into its safetensors
@@ -34,7 +40,10 @@ from olmo_jax.model import PARAM_DTYPES, abstract_params
 
 # transformers' OlmoLayerNorm hard-codes this epsilon; other values cannot be represented in HF.
 HF_LAYER_NORM_EPS = 1e-5
-# Defaults of transformers.OlmoConfig, used for keys a config.json leaves out.
+# model_type -> the architecture transformers builds for it.
+HF_ARCHITECTURES = {"olmo": "OlmoForCausalLM", "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM"}
+# Defaults of transformers.OlmoConfig (Olmo2Config, Olmo3Config: the same plus the keys below), used for
+# keys a config.json leaves out.
 _HF_DEFAULTS = {
     "vocab_size": 50304,
     "hidden_size": 4096,
@@ -47,7 +56,10 @@ _HF_DEFAULTS = {
     "eos_token_id": 50279,
     "tie_word_embeddings": False,
     "clip_qkv": None,
+    "rms_norm_eps": 1e-5,
 }
+_HF_DEFAULT_THETA = {"olmo": 10000.0, "olmo2": 10000.0, "olmo3": 500000.0}
+_OLMO3_DEFAULT_WINDOW = 4096
 # Buffers that older transformers versions saved with the weights; they carry no parameters.
 _IGNORED_HF_TENSORS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
@@ -67,7 +79,8 @@ class TensorSpec:
 
     `index` selects the HF tensor's slice of the olmo_jax array `param` (a "view" of shape `view_shape`).
     For kernels, the view's first `in_axes` axes are the input features: the HF weight is the view
-    flattened to [in, out] and transposed. `in_axes=None` marks the embedding, stored alike in both.
+    flattened to [in, out] and transposed. `in_axes=None` marks a tensor stored alike in both (the
+    embedding), `in_axes=0` a norm weight, which HF stores flattened.
     """
 
     hf_name: str
@@ -80,6 +93,8 @@ class TensorSpec:
     def hf_shape(self) -> tuple[int, ...]:
         if self.in_axes is None:
             return self.view_shape
+        if self.in_axes == 0:
+            return (math.prod(self.view_shape),)
         return (math.prod(self.view_shape[self.in_axes :]), math.prod(self.view_shape[: self.in_axes]))
 
     def to_hf(self, params: dict[str, np.ndarray]) -> np.ndarray:
@@ -87,6 +102,8 @@ class TensorSpec:
         view = params[self.param][self.index]
         if self.in_axes is None:
             return view
+        if self.in_axes == 0:
+            return view.reshape(-1)
         fan_in = math.prod(self.view_shape[: self.in_axes])
         return view.reshape(fan_in, -1).T
 
@@ -95,6 +112,8 @@ class TensorSpec:
         target = params[self.param]
         if self.in_axes is None:
             target[self.index] = tensor
+        elif self.in_axes == 0:
+            target[self.index] = tensor.reshape(self.view_shape)
         else:
             target[self.index] = tensor.T.reshape(self.view_shape)
 
@@ -104,26 +123,43 @@ def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(leaf.shape) for name, leaf in abstract_params(config).items()}
 
 
+# Per layer, in HF's order: (HF module, olmo_jax parameter, index into the layer's slice, axes of that
+# slice the index removes, in_axes as TensorSpec). A row whose parameter the config's model lacks is skipped.
+_LAYER_TENSORS: list[tuple[str, str, tuple[Any, ...], tuple[int, ...], int]] = [
+    ("self_attn.q_proj", "att_proj", (slice(None), 0), (1,), 1),
+    ("self_attn.k_proj", "att_proj", (slice(None), 1), (1,), 1),
+    ("self_attn.v_proj", "att_proj", (slice(None), 2), (1,), 1),
+    ("self_attn.q_proj", "q_proj", (), (), 1),
+    ("self_attn.k_proj", "kv_proj", (slice(None), 0), (1,), 1),
+    ("self_attn.v_proj", "kv_proj", (slice(None), 1), (1,), 1),
+    ("self_attn.o_proj", "attn_out", (), (), 2),
+    ("self_attn.q_norm", "q_norm", (), (), 0),
+    ("self_attn.k_norm", "k_norm", (), (), 0),
+    # OLMo's fused ff_proj holds "up" first and the gate second.
+    ("mlp.up_proj", "ff_proj", (slice(None), 0), (1,), 1),
+    ("mlp.gate_proj", "ff_proj", (slice(None), 1), (1,), 1),
+    ("mlp.down_proj", "ff_out", (), (), 1),
+    ("post_attention_layernorm", "attn_norm", (), (), 0),
+    ("post_feedforward_layernorm", "ff_norm", (), (), 0),
+]
+
+
 def tensor_specs(config: ModelConfig) -> list[TensorSpec]:
-    """Every HF tensor of an `OlmoForCausalLM` with this config, in HF's order."""
+    """Every HF tensor of the HF model equivalent to this config, in HF's order.
+
+    Which tensors exist follows from the parameters the model has (`param_shapes`), so a new weight
+    needs a row in `_LAYER_TENSORS` and nothing else.
+    """
     shapes = param_shapes(config)
     every = slice(None)
     specs = [TensorSpec("model.embed_tokens.weight", "wte", (every,), shapes["wte"], None)]
     for i in range(config.n_layers):
-        prefix = f"model.layers.{i}"
-        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-            specs.append(
-                TensorSpec(
-                    f"{prefix}.self_attn.{name}.weight", "att_proj", (i, every, j), _drop(shapes["att_proj"], 0, 2), 1
-                )
-            )
-        specs.append(TensorSpec(f"{prefix}.self_attn.o_proj.weight", "attn_out", (i,), shapes["attn_out"][1:], 2))
-        # OLMo's fused ff_proj holds "up" first and the gate second.
-        for j, name in enumerate(("up_proj", "gate_proj")):
-            specs.append(
-                TensorSpec(f"{prefix}.mlp.{name}.weight", "ff_proj", (i, every, j), _drop(shapes["ff_proj"], 0, 2), 1)
-            )
-        specs.append(TensorSpec(f"{prefix}.mlp.down_proj.weight", "ff_out", (i,), shapes["ff_out"][1:], 1))
+        for module, param, index, removed, in_axes in _LAYER_TENSORS:
+            if param in shapes:
+                view = _drop(shapes[param][1:], *removed)
+                specs.append(TensorSpec(f"model.layers.{i}.{module}.weight", param, (i, *index), view, in_axes))
+    if "final_norm" in shapes:
+        specs.append(TensorSpec("model.norm.weight", "final_norm", (every,), shapes["final_norm"], 0))
     if not config.weight_tying:
         specs.append(TensorSpec("lm_head.weight", "lm_head", (every,), shapes["lm_head"], 1))
     return specs
@@ -138,21 +174,68 @@ def _drop(shape: tuple[int, ...], *axes: int) -> tuple[int, ...]:
 # --------------------------------------------------------------------------------------------------
 
 
+def hf_model_type(config: ModelConfig) -> str:
+    """The HF model_type that computes what `config` does, or ConversionError naming the field that no HF
+    OLMo architecture has."""
+
+    def refuse(field: str, value: Any, why: str) -> ConversionError:
+        return ConversionError(f"model.{field}={value!r} cannot be expressed in HF OLMo: {why}")
+
+    if config.block_order == "sequential":
+        for field, value, want in (
+            ("norm", config.norm, "layer_norm"),
+            ("qk_norm", config.qk_norm, "none"),
+            ("n_kv_heads", config.n_kv_heads, config.n_heads),
+            ("sliding_window_pattern", config.sliding_window_pattern, []),
+            ("rope_scaling", config.rope_scaling, "none"),
+        ):
+            if value != want and not (field == "n_kv_heads" and value is None):
+                raise refuse(field, value, f"OLMo-1 (block_order sequential) needs {want!r}")
+        if config.layer_norm_eps != HF_LAYER_NORM_EPS:
+            raise refuse("layer_norm_eps", config.layer_norm_eps, "HF OLMo-1 fixes it at 1e-05")
+        return "olmo"
+    if config.norm != "rms_norm":
+        raise refuse("norm", config.norm, "OLMo-2/3 (block_order reordered_norm) use 'rms_norm'")
+    if config.qk_norm != "full":
+        raise refuse("qk_norm", config.qk_norm, "OLMo-2/3 normalise the full q and k projections ('full')")
+    if config.clip_qkv is not None:
+        raise refuse("clip_qkv", config.clip_qkv, "HF OLMo-2/3 do not clip q, k and v")
+    windows = {w for w in config.sliding_window_pattern if w != -1}
+    if not windows:
+        return "olmo2"
+    if len(windows) > 1:
+        raise refuse("sliding_window_pattern", config.sliding_window_pattern, "HF OLMo-3 has one window size")
+    return "olmo3"
+
+
+def _rope_parameters(config: ModelConfig, scaled: bool) -> dict[str, Any]:
+    """HF `rope_parameters` of full-attention (`scaled`) or sliding-window layers."""
+    kind = config.rope_scaling if scaled else "none"
+    rope: dict[str, Any] = {"rope_type": "default" if kind == "none" else kind, "rope_theta": config.rope_theta}
+    if kind != "none":
+        rope["factor"] = config.rope_factor
+        rope["original_max_position_embeddings"] = config.rope_original_max_position_embeddings
+    if kind == "yarn":
+        rope["beta_fast"], rope["beta_slow"] = config.rope_beta_fast, config.rope_beta_slow
+        if config.rope_attention_factor is not None:
+            rope["attention_factor"] = config.rope_attention_factor
+    if kind == "llama3":
+        rope["low_freq_factor"], rope["high_freq_factor"] = config.rope_low_freq_factor, config.rope_high_freq_factor
+    return rope
+
+
 def hf_config_dict(config: ModelConfig, dtype: str) -> dict[str, Any]:
-    """The `config.json` of an `OlmoForCausalLM` equivalent to `config`, weights stored as `dtype`."""
-    if config.layer_norm_eps != HF_LAYER_NORM_EPS:
-        raise ConversionError(
-            f"model.layer_norm_eps={config.layer_norm_eps} cannot be expressed in HF OLMo, which fixes it at 1e-05"
-        )
-    return {
-        "architectures": ["OlmoForCausalLM"],
-        "model_type": "olmo",
+    """The `config.json` of the HF OLMo model equivalent to `config`, weights stored as `dtype`."""
+    model_type = hf_model_type(config)
+    hf: dict[str, Any] = {
+        "architectures": [HF_ARCHITECTURES[model_type]],
+        "model_type": model_type,
         "vocab_size": config.padded_vocab_size,
         "hidden_size": config.d_model,
         "intermediate_size": config.hidden_size,
         "num_hidden_layers": config.n_layers,
         "num_attention_heads": config.n_heads,
-        "num_key_value_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads,
         "hidden_act": "silu",
         "max_position_embeddings": config.max_sequence_length,
         "initializer_range": config.init_std,
@@ -161,16 +244,28 @@ def hf_config_dict(config: ModelConfig, dtype: str) -> dict[str, Any]:
         "bos_token_id": None,
         "eos_token_id": config.eos_token_id,
         "tie_word_embeddings": config.weight_tying,
-        "rope_parameters": {"rope_theta": config.rope_theta, "rope_type": "default"},
+        "rope_parameters": _rope_parameters(config, scaled=True),
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "clip_qkv": config.clip_qkv,
         "dtype": dtype,
     }
+    if model_type == "olmo":
+        hf["clip_qkv"] = config.clip_qkv
+    else:
+        hf["rms_norm_eps"] = config.layer_norm_eps
+    if model_type == "olmo3":
+        windows = [config.layer_window(i) for i in range(config.n_layers)]
+        hf["sliding_window"] = next(w for w in config.sliding_window_pattern if w != -1)
+        hf["layer_types"] = ["full_attention" if w is None else "sliding_attention" for w in windows]
+        hf["rope_parameters"] = {
+            "sliding_attention": _rope_parameters(config, scaled=False),
+            "full_attention": _rope_parameters(config, scaled=True),
+        }
+    return hf
 
 
 def read_hf_config(hf_dir: Path) -> dict[str, Any]:
-    """`hf_dir/config.json`, checked to describe an OLMo-1 model."""
+    """`hf_dir/config.json`, checked to describe an OLMo-1, OLMo-2 or OLMo-3 model."""
     path = hf_dir / "config.json"
     if not path.is_file():
         raise ConversionError(f"{hf_dir} is not an HF model directory: {path} does not exist")
@@ -179,10 +274,9 @@ def read_hf_config(hf_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ConversionError(f"{path} is not valid JSON: {e}") from None
     model_type = hf.get("model_type")
-    if model_type != "olmo":
-        raise ConversionError(
-            f"{path} has model_type {model_type!r}; only 'olmo' (OLMo-1, OlmoForCausalLM) can be converted"
-        )
+    if model_type not in HF_ARCHITECTURES:
+        known = ", ".join(f"{t!r} ({a})" for t, a in HF_ARCHITECTURES.items())
+        raise ConversionError(f"{path} has model_type {model_type!r}; only {known} can be converted")
     return hf
 
 
@@ -210,21 +304,33 @@ def model_config_from_hf(hf: dict[str, Any], source: str, vocab_size: int | None
             raise ConversionError(f"{source}: {key}={value!r} is not {_KIND_NAMES[int]}")
         return converted
 
+    model_type = hf.get("model_type", "olmo")
+    family = "OLMo-1" if model_type == "olmo" else "OLMo-2/3"
+
     def unsupported(key: str, value: Any, want: str) -> ConversionError:
-        return ConversionError(f"{source}: {key}={value!r} is not supported by olmo_jax (OLMo-1 needs {want})")
+        return ConversionError(f"{source}: {key}={value!r} is not supported by olmo_jax ({family} needs {want})")
 
     heads = number("num_attention_heads", int)
-    if hf.get("num_key_value_heads") not in (None, heads):
-        raise unsupported("num_key_value_heads", hf["num_key_value_heads"], f"{heads}, full multi-head attention")
+    kv_heads = hf.get("num_key_value_heads")
+    if model_type == "olmo" and kv_heads not in (None, heads):
+        raise unsupported("num_key_value_heads", kv_heads, f"{heads}, full multi-head attention")
+    kv_heads = heads if kv_heads is None else number("num_key_value_heads", int)
     if hf.get("hidden_act", "silu") != "silu":
         raise unsupported("hidden_act", hf["hidden_act"], "'silu'")
     if hf.get("attention_bias", False):
         raise unsupported("attention_bias", hf["attention_bias"], "false")
-    rope = hf.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type", (hf.get("rope_scaling") or {}).get("rope_type", "default"))
-    if rope_type != "default":
-        raise unsupported("rope_type", rope_type, "'default'")
-    rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    architecture: dict[str, Any] = {"layer_norm_eps": HF_LAYER_NORM_EPS}
+    rope = _read_rope(hf, model_type, source)
+    if model_type != "olmo":
+        architecture = {
+            "block_order": "reordered_norm",
+            "norm": "rms_norm",
+            "qk_norm": "full",
+            "n_kv_heads": None if kv_heads == heads else kv_heads,
+            "layer_norm_eps": number("rms_norm_eps", float),
+        }
+    if model_type == "olmo3":
+        architecture["sliding_window_pattern"] = _window_pattern(hf, number("num_hidden_layers", int), source)
     token_ids = {}
     for key in ("eos_token_id", "pad_token_id"):
         value = get(key)
@@ -248,14 +354,81 @@ def model_config_from_hf(hf: dict[str, Any], source: str, vocab_size: int | None
         embedding_size=embedding_size,
         max_sequence_length=number("max_position_embeddings", int),
         weight_tying=bool(get("tie_word_embeddings")),
-        rope_theta=float(rope_theta),
         clip_qkv=None if get("clip_qkv") is None else number("clip_qkv", float),
-        layer_norm_eps=HF_LAYER_NORM_EPS,
         init_std=number("initializer_range", float),
+        **({"init_fn": "normal"} if model_type != "olmo" else {}),
         **token_ids,
+        **architecture,
+        **rope,
     )
     config.validate()
     return config
+
+
+# HF rope_parameters keys -> ModelConfig fields, per rope_type.
+_ROPE_KEYS = {
+    "yarn": {
+        "factor": "rope_factor",
+        "original_max_position_embeddings": "rope_original_max_position_embeddings",
+        "attention_factor": "rope_attention_factor",
+        "beta_fast": "rope_beta_fast",
+        "beta_slow": "rope_beta_slow",
+    },
+    "llama3": {
+        "factor": "rope_factor",
+        "original_max_position_embeddings": "rope_original_max_position_embeddings",
+        "low_freq_factor": "rope_low_freq_factor",
+        "high_freq_factor": "rope_high_freq_factor",
+    },
+}
+
+
+def _read_rope(hf: dict[str, Any], model_type: str, source: str) -> dict[str, Any]:
+    """ModelConfig's rope fields from `rope_parameters` (transformers >= 5) or `rope_theta`/`rope_scaling`
+    (the released models' config.json). OLMo-3 scales only its full-attention layers."""
+    rope = dict(hf.get("rope_parameters") or {})
+    if model_type == "olmo3" and "full_attention" in rope:
+        sliding = rope.get("sliding_attention") or {}
+        rope = dict(rope["full_attention"] or {})
+        if sliding.get("rope_type", "default") != "default" or sliding.get("rope_theta", rope.get("rope_theta")) != (
+            rope.get("rope_theta")
+        ):
+            raise ConversionError(
+                f"{source}: rope_parameters.sliding_attention={sliding!r} is not supported by olmo_jax "
+                "(sliding-window layers need plain RoPE with the full-attention layers' theta)"
+            )
+    for key, value in (hf.get("rope_scaling") or {}).items():
+        rope.setdefault("rope_type" if key == "type" else key, value)
+    theta = rope.get("rope_theta", hf.get("rope_theta", _HF_DEFAULT_THETA[model_type]))
+    rope_type = rope.get("rope_type", "default")
+    fields: dict[str, Any] = {"rope_theta": float(theta)}
+    if rope_type == "default":
+        return fields
+    if rope_type not in _ROPE_KEYS or model_type == "olmo":
+        want = "'default'" if model_type == "olmo" else "'default', 'yarn' or 'llama3'"
+        raise ConversionError(f"{source}: rope_type={rope_type!r} is not supported by olmo_jax (needs {want})")
+    fields["rope_scaling"] = rope_type
+    for key, name in _ROPE_KEYS[rope_type].items():
+        if rope.get(key) is not None:
+            fields[name] = rope[key]
+    return fields
+
+
+def _window_pattern(hf: dict[str, Any], n_layers: int, source: str) -> list[int]:
+    """OLMo-3's `layer_types` and `sliding_window` as the shortest repeating window pattern."""
+    window = hf.get("sliding_window", _OLMO3_DEFAULT_WINDOW)
+    default_types = ["full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(n_layers)]
+    layer_types = hf.get("layer_types") or default_types
+    if len(layer_types) != n_layers or set(layer_types) - {"full_attention", "sliding_attention"}:
+        raise ConversionError(
+            f"{source}: layer_types={layer_types!r} must name 'full_attention' or 'sliding_attention' "
+            f"for each of the {n_layers} layers"
+        )
+    if "sliding_attention" in layer_types and not (isinstance(window, int) and window >= 1):
+        raise ConversionError(f"{source}: sliding_window={window!r} is not a positive integer")
+    windows = [-1 if kind == "full_attention" else window for kind in layer_types]
+    period = next(p for p in range(1, n_layers + 1) if all(w == windows[i % p] for i, w in enumerate(windows)))
+    return windows[:period]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -518,7 +691,10 @@ def import_hf(
         known = {spec.hf_name for spec in specs} | ({"lm_head.weight"} if config.weight_tying else set())
         unexpected = sorted(n for n in available - known if not _IGNORED_HF_TENSORS.fullmatch(n))
         if unexpected:
-            raise ConversionError(f"unexpected tensor {unexpected[0]} in {hf_dir} (not part of an OLMo-1 model)")
+            raise ConversionError(
+                f"unexpected tensor {unexpected[0]} in {hf_dir} (not part of the {hf['model_type']} model "
+                "that config.json describes)"
+            )
         for spec in specs:
             shape = reader.shape(spec.hf_name)
             if shape != spec.hf_shape:
