@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from checkpoint_support import read_train_meta
 
-import olmo_jax.data.loader
+import olmo_jax.loop
 from olmo_jax import sharding
 from olmo_jax.checkpoint import (
     Checkpointer,
@@ -268,9 +268,9 @@ def test_a_nan_batch_never_reaches_the_parameters_or_a_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str
 ) -> None:
     config = tiny(max_duration=3, save_interval=1, save_num_checkpoints_to_keep=0, nonfinite_policy=policy)
-    real = olmo_jax.data.loader.build_train_loader
+    real = olmo_jax.loop.build_train_loader
     monkeypatch.setattr(
-        olmo_jax.data.loader,
+        olmo_jax.loop,  # where the loop looks the loader up
         "build_train_loader",
         lambda *args, **kwargs: PoisonedLoader(real(*args, **kwargs), {1}, config.model.padded_vocab_size),
     )
