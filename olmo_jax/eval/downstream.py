@@ -118,6 +118,7 @@ class TaskResult:
     truncated: int  # requests whose context was cut from the left to fit the model length
     seconds: float
     request_log: list[dict[str, Any]] | None = field(default=None, repr=False)
+    breakdown: dict[str, Any] | None = None  # per-group metrics (MMLU's subjects), when the task has groups
 
     @property
     def primary(self) -> float:
@@ -142,6 +143,8 @@ class TaskResult:
             "truncated": self.truncated,
             "seconds": round(self.seconds, 3),
         }
+        if self.breakdown is not None:
+            out["breakdown"] = self.breakdown
         if self.request_log is not None:
             out["request_log"] = self.request_log
         return out

