@@ -24,6 +24,7 @@ from typing import Any
 
 from olmo_jax.errors import EvalError
 from olmo_jax.eval.olmes import Instance
+from olmo_jax.eval.sources import read_save_to_disk
 
 MMLU_FOLDER = Path("hf_datasets", "hails", "mmlu_no_train")
 LETTERS = ("A", "B", "C", "D")
@@ -143,8 +144,6 @@ def build_context(row: dict[str, Any], dev_rows: list[dict[str, Any]], mc: bool,
 
 def read_rows(root: str | Path, subject: str, split: str) -> list[dict[str, Any]]:
     """One subject's rows of `split`; each must have question, subject, 4 choices and an answer index."""
-    from olmo_jax.eval.sources import read_save_to_disk
-
     folder = Path(root, MMLU_FOLDER, subject, split)
     if not folder.is_dir():
         raise EvalError(

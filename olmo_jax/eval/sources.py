@@ -15,10 +15,12 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olmo_jax.errors import EvalError
-from olmo_jax.eval.tasks import Task
+
+if TYPE_CHECKING:  # a type only: tasks imports this module's readers (through mmlu)
+    from olmo_jax.eval.tasks import Task
 
 
 def expected_layout(task: Task, data_dir: str | Path = "DIR") -> str:
