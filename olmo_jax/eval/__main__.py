@@ -24,7 +24,7 @@ from olmo_jax.config import EvalConfig, MeshConfig, TrainConfig, apply_override,
 from olmo_jax.data.tokenizer import load_tokenizer
 from olmo_jax.errors import ConfigError, EvalError, InputError
 from olmo_jax.eval.evaluator import EvalResults, Evaluator
-from olmo_jax.eval.tasks import METRICS, TASK_GROUPS, TASKS, resolve_tasks
+from olmo_jax.eval.tasks import CORE9, METRICS, TASK_GROUPS, TASKS, resolve_tasks
 from olmo_jax.model import DTYPES
 from olmo_jax.pretrained import from_pretrained
 from olmo_jax.sharding import make_mesh, param_shardings
@@ -49,8 +49,8 @@ def build_parser(prog: str = "python -m olmo_jax.eval") -> argparse.ArgumentPars
         "paper's choice marked primary) and bits per byte / perplexity on Paloma-layout text sets. The flags "
         "--tasks, --ppl, --ppl_split, --limit, --data_dir, --batch_size, --max_length and --mesh are shortcuts "
         "for the config fields evaluation.* and mesh.* that in-loop evaluation reads; they win over --config.",
-        epilog=f"Tasks: {', '.join(sorted(TASKS))}; groups: "
-        + ", ".join(f"{g} ({', '.join(t)})" for g, t in TASK_GROUPS.items())
+        epilog=f"Groups: {', '.join(TASK_GROUPS)}; the OLMo paper's tasks: {', '.join(CORE9)}; every OLMES set as "
+        f"<task>_<format> ({len(TASKS)} names in all; see the README's evaluation section)"
         + f". Metrics per task: {', '.join(METRICS)}. Exit status: 0 done, 2 bad input, 1 the run failed.",
     )
     parser.add_argument(
@@ -201,10 +201,14 @@ def print_table(results: EvalResults, stream: TextIO | None = None) -> None:
     """The results as aligned text tables (on stdout by default)."""
     stream = stream or sys.stdout
     if results.tasks:
-        header = ["task", "primary", "value", *METRICS, "questions", "truncated", "seconds"]
+        # Each task's own metrics (OLMo-1's tasks report METRICS, OLMES sets theirs); "-" where one has none.
+        # Per-subject values (MMLU) are in --output's JSON.
+        names = [m for m in METRICS if any(m in r.metrics for r in results.tasks)]
+        names += sorted({m for r in results.tasks for m in r.metrics} - set(names))
+        header = ["task", "primary", "value", *names, "questions", "truncated", "seconds"]
         lines = [header]
         for r in results.tasks:
-            values = [f"{r.metrics[m]:.4f}" for m in METRICS]
+            values = [f"{r.metrics[m]:.4f}" if m in r.metrics else "-" for m in names]
             lines.append(
                 [
                     r.task,
