@@ -109,8 +109,8 @@ class TaskResult:
     task: str
     primary_metric: str
     metrics: dict[str, float]
-    inloop_metric: str  # the metric OLMo's in-loop evaluator logs for the task
-    olmo_metric_name: str  # OLMo's name for it, `<label>_<metric_type>`
+    inloop_metric: str | None  # the metric OLMo's in-loop evaluator logs for the task (None: it has none)
+    olmo_metric_name: str | None  # OLMo's name for it, `<label>_<metric_type>`
     questions: int
     requests: int
     rows: int  # model rows run after sharing

@@ -44,8 +44,9 @@ class EvalResults:
             for name, value in result.metrics.items():
                 out[f"{prefix}/{result.task}/{name}"] = value
             out[f"{prefix}/{result.task}/primary"] = result.primary
-            out[f"{prefix}/{result.task}/inloop"] = result.inloop
-            out[f"{prefix}/downstream/{result.olmo_metric_name}"] = result.inloop
+            if result.inloop_metric is not None:
+                out[f"{prefix}/{result.task}/inloop"] = result.inloop
+                out[f"{prefix}/downstream/{result.olmo_metric_name}"] = result.inloop
         for source, values in (self.perplexity or {}).items():
             for name in ("bits_per_byte", "perplexity"):
                 out[f"{prefix}/ppl/{source}/{name}"] = values[name]

@@ -241,9 +241,8 @@ def score_choice_task(
         task=prepared.task.name,
         primary_metric=prepared.primary_metric,
         metrics=metrics,
-        # OLMo-1's in-loop evaluator has no OLMES sets: in-loop, the set's own primary metric, under its name.
-        inloop_metric=prepared.primary_metric,
-        olmo_metric_name=f"{prepared.task.name}_{prepared.primary_metric}",
+        inloop_metric=None,  # OLMo-1's in-loop evaluator has no OLMES sets: `primary` is what is logged
+        olmo_metric_name=None,
         questions=len(prepared.instances),
         requests=len(prepared.requests),
         rows=scores.rows,
