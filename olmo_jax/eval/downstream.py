@@ -125,8 +125,8 @@ class TaskResult:
         return self.metrics[self.primary_metric]
 
     @property
-    def inloop(self) -> float:
-        return self.metrics[self.inloop_metric]
+    def inloop(self) -> float | None:
+        return None if self.inloop_metric is None else self.metrics[self.inloop_metric]
 
     def to_json(self) -> dict[str, Any]:
         out = {
