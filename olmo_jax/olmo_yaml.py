@@ -36,6 +36,7 @@ OLMO_DEFAULTS: dict[str, Any] = {
         "include_bias": True, "scale_logits": False, "vocab_size": 50257, "embedding_size": 50304,
         "weight_tying": True, "eos_token_id": 50256, "pad_token_id": 50256, "init_fn": "normal",
         "init_std": 0.02, "init_cutoff_factor": None, "emb_init_std": None, "norm_after": False,
+        "bias_for_layer_norm": None, "attention_layer_norm_with_affine": True,
     },
     "optimizer": {
         "name": "lionw", "learning_rate": 1e-4, "weight_decay": 0.01, "betas": [0.9, 0.95], "eps": 1e-5,
@@ -66,21 +67,17 @@ _MODEL_KEYS = (
     "max_sequence_length", "weight_tying", "rope_theta", "clip_qkv", "layer_norm_eps", "init_fn", "init_std",
     "init_cutoff_factor", "eos_token_id", "pad_token_id",
 )  # fmt: skip
-# Model keys and the values with which OLMo builds the network olmo_jax builds (OLMo-1's block).
+# Model keys and the values with which OLMo builds a network olmo_jax builds. The norm, QK-norm, block order
+# and key/value heads are read by `_architecture` (OLMo-1's and OLMo-2's blocks); the rest must be these.
 _ARCHITECTURE: dict[str, tuple[Any, ...]] = {
     "block_type": ("sequential",),
     "activation_type": ("swiglu",),
-    "layer_norm_type": ("default",),
-    "layer_norm_with_affine": (False,),
-    "attention_layer_norm": (False,),
     "embedding_layer_norm": (False,),
     "include_bias": (False,),
     "alibi": (False,),
     "rope": (True,),
     "rope_full_precision": (True,),
-    "multi_query_attention": (None, False),
     "scale_logits": (False,),
-    "norm_after": (False,),
     "attention_dropout": (0,),
     "residual_dropout": (0,),
     "embedding_dropout": (0,),
@@ -90,8 +87,7 @@ _ARCHITECTURE: dict[str, tuple[Any, ...]] = {
 # Model keys of OLMo's schema that change nothing in the network olmo_jax builds: FSDP grouping and
 # placement, a kernel choice, and options that only act together with a refused one.
 _MODEL_NO_EFFECT = {
-    "block_group_size", "flash_attention", "init_device", "precision", "alibi_bias_max",
-    "attention_layer_norm_with_affine", "bias_for_layer_norm", "scale_emb_init",
+    "block_group_size", "flash_attention", "init_device", "precision", "alibi_bias_max", "scale_emb_init",
 }  # fmt: skip
 
 _OPTIMIZER_KEYS = ("learning_rate", "weight_decay", "betas", "eps", "decay_norm_and_bias", "decay_embeddings")
@@ -201,8 +197,9 @@ def translate_olmo_yaml(raw: dict[str, Any]) -> dict[str, Any]:
 
     if refused:
         raise ConfigError(
-            f"OLMo config: olmo_jax does not support {', '.join(refused)}; it builds OLMo-1 (RoPE, no biases, "
-            "non-parametric LayerNorm, no dropout, the sequential block) and trains it with AdamW"
+            f"OLMo config: olmo_jax does not support {', '.join(refused)}; it builds OLMo-1 and OLMo-2 blocks "
+            "(RoPE, SwiGLU, no biases, no dropout; non-parametric LayerNorm, or RMSNorm with weights, QK-norm "
+            "and norm_after) and trains them with AdamW"
         )
     for section in ("optimizer", "scheduler", "data", "tokenizer"):
         skipped += [f"{section}.{k}" for k in raw.get(section) or {} if k not in OLMO_DEFAULTS[section]]
@@ -229,14 +226,53 @@ def _translate_model(model: dict[str, Any], refuse: Refuse, skipped: list[str]) 
     for key, allowed in _ARCHITECTURE.items():
         if model[key] not in allowed:
             refuse("model", key, model[key])
-    if model["n_kv_heads"] not in (None, model["n_heads"]):
-        refuse("model", "n_kv_heads", model["n_kv_heads"])
     for key in model:
         if key in _MODEL_NO_EFFECT:
             skipped.append(f"model.{key}")
         elif key not in OLMO_DEFAULTS["model"]:
             raise ConfigError(f"OLMo config: model.{key} is not a key of OLMo's model config")
-    return {key: model[key] for key in _MODEL_KEYS}
+    return {key: model[key] for key in _MODEL_KEYS} | _architecture(model, refuse)
+
+
+def _architecture(model: dict[str, Any], refuse: Refuse) -> dict[str, Any]:
+    """Our `norm`, `qk_norm`, `block_order` and `n_kv_heads` from OLMo's keys, as ai2-olmo 0.6.0 builds the
+    block (olmo/model.py: `LayerNormBase.__init__`/`build`, `OLMoBlock.__init__` (q_norm/k_norm),
+    `OLMoSequentialBlock.forward` (norm_after); olmo/config.py `ModelConfig.effective_n_kv_heads`).
+
+    OLMo-1: the non-parametric LayerNorm (`layer_norm_type: default`, no affine). OLMo-2
+    (configs/official-1124): `layer_norm_type: rms` with a weight and no bias, `attention_layer_norm` (an RMSNorm
+    with a weight over the whole q and k projections) and `norm_after` (the norm applied to the attention and
+    MLP outputs: our `reordered_norm`)."""
+    # A norm has a bias when it has a weight and `bias_for_layer_norm` (None: `include_bias`) says so.
+    bias = model["bias_for_layer_norm"] if model["bias_for_layer_norm"] is not None else model["include_bias"]
+    kind, affine = model["layer_norm_type"], model["layer_norm_with_affine"]
+    if kind == "default" and not affine:
+        norm = "layer_norm"
+    elif kind == "rms" and affine and not bias:
+        norm = "rms_norm"
+    else:
+        norm = "layer_norm"
+        refuse("model", "layer_norm_type", kind)
+        refuse("model", "layer_norm_with_affine", affine)
+    qk_norm = "none"
+    if model["attention_layer_norm"]:
+        if kind == "rms" and model["attention_layer_norm_with_affine"] and not bias:
+            qk_norm = "full"
+        else:  # a LayerNorm, or an RMSNorm without a weight or with a bias, over q and k
+            refuse("model", "attention_layer_norm", True)
+    heads, kv_heads, mqa = model["n_heads"], model["n_kv_heads"], model["multi_query_attention"]
+    effective = {True: 1, False: heads, None: kv_heads if kv_heads is not None else heads}[mqa]
+    if kv_heads is not None and mqa is not None and kv_heads != effective:
+        raise ConfigError(
+            f"OLMo config: model.n_kv_heads={kv_heads} contradicts model.multi_query_attention={mqa} "
+            f"(which means {effective} key/value heads)"
+        )
+    return {
+        "norm": norm,
+        "qk_norm": qk_norm,
+        "block_order": "reordered_norm" if model["norm_after"] else "sequential",
+        "n_kv_heads": None if effective == heads else effective,
+    }
 
 
 def _translate_data(data: dict[str, Any], refuse: Refuse) -> dict[str, Any]:

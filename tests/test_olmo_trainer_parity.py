@@ -26,7 +26,8 @@ def test_olmo_jax_trains_as_the_original_trainer(tmp_path):
     """30 steps agree to 1e-5 relative in CE and z-loss at every step, with equal batches, LRs and clip
     limits; two updates from the same weights agree to 1e-6 in every parameter with clipping inactive,
     active and warming; the clip limits at updates 1..5000 of OLMo-7B.yaml and OLMo-7B-0724.yaml equal
-    the real `Trainer.train_step`'s; OLMo-1B.yaml's save_folder resolves as OmegaConf resolves it."""
+    the real `Trainer.train_step`'s; OLMo-1B.yaml's save_folder resolves as OmegaConf resolves it; a tiny
+    OLMo-2 YAML (RMSNorm, QK-norm, norm_after, GQA) trains 10 steps with CE and z-loss within 1e-5."""
     out = tmp_path / "report.json"
     # One CPU device for olmo_jax's run (the test session's 8 fake devices would split its batch of 8).
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -38,6 +39,7 @@ def test_olmo_jax_trains_as_the_original_trainer(tmp_path):
     assert report["failures"] == [], done.stdout[-3000:]
     run = report["run"]
     assert len(run["steps"]) == 30 and run["all_batches_equal"] and run["all_clip_limits_equal"]
+    assert len(report["olmo2"]["steps"]) == 10 and report["olmo2"]["all_batches_equal"]
     assert max(run["max_ce_rel_diff"], run["max_z_rel_diff"]) <= 1e-5
     assert run["clipped_steps"] and len(run["clipped_steps"]) < 30  # clipping both active and inactive
     for name in ("clipping inactive", "clipping active", "clipping warming"):

@@ -143,8 +143,9 @@ def test_overrides_apply_after_translation(olmo_7b):
         ("block_type", "llama", r"does not support model\.block_type='llama'"),
         ("layer_norm_type", "rms", r"model\.layer_norm_type='rms'"),
         ("include_bias", True, r"model\.include_bias=True"),
-        ("norm_after", True, r"model\.norm_after=True"),  # an OLMo-2-style block
-        ("n_kv_heads", 8, r"model\.n_kv_heads=8"),
+        ("layer_norm_with_affine", True, r"model\.layer_norm_type='default', model\.layer_norm_with_affine=True"),
+        ("attention_layer_norm", True, r"model\.attention_layer_norm=True"),  # a LayerNorm over q and k
+        ("n_kv_heads", 8, r"n_kv_heads=8 contradicts model\.multi_query_attention=False"),
         ("rope_full_precision", False, r"model\.rope_full_precision=False"),
         ("attention_dropout", 0.1, r"model\.attention_dropout=0\.1"),
         ("emb_init_std", 0.01, r"model\.emb_init_std=0\.01"),
@@ -319,3 +320,112 @@ def test_z_loss_weight_stop_at_and_checkpoints_to_keep(tmp_path):
     assert keep_all.save_num_checkpoints_to_keep == 0
     keep_none = load_config(olmo_file(tmp_path, ADAMW_OLMO_1 + "save_num_checkpoints_to_keep: 0\n"))
     assert keep_none.save_interval is None
+
+
+# The model section and recipe keys of allenai/OLMo's configs/official-1124/OLMo2-7B-stage1.yaml (the
+# OLMo-2 7B run was trained with that repository's trainer), values as published.
+OLMO2_7B_YAML = """
+run_name: OLMo2-7B-stage1
+seed: 6198
+model:
+  d_model: 4096
+  n_heads: 32
+  n_layers: 32
+  mlp_hidden_size: 22016
+  weight_tying: false
+  alibi: false
+  rope: true
+  rope_theta: 500000
+  flash_attention: true
+  attention_dropout: 0.0
+  include_bias: false
+  block_type: sequential
+  layer_norm_type: rms
+  layer_norm_with_affine: true
+  layer_norm_eps: 1e-6
+  bias_for_layer_norm: false
+  attention_layer_norm: true
+  attention_layer_norm_with_affine: true
+  norm_after: true
+  activation_type: swiglu
+  residual_dropout: 0.0
+  embedding_dropout: 0.0
+  max_sequence_length: 4096
+  vocab_size: 100278
+  embedding_size: 100352
+  eos_token_id: 100257
+  pad_token_id: 100277
+  init_device: meta
+  init_fn: normal
+  init_std: 0.02
+  init_cutoff_factor: 3
+softmax_auxiliary_loss: true
+auxiliary_loss_multiplier: 1e-5
+optimizer:
+  name: adamw
+  learning_rate: 3.0e-4
+  weight_decay: 0.1
+  eps: 1e-8
+  decay_norm_and_bias: true
+  decay_embeddings: false
+  betas: [0.9, 0.95]
+scheduler:
+  name: cosine_with_warmup
+  units: tokens
+  t_warmup: 8388608000
+  t_max: 5e12
+  alpha_f: 0.1
+  warmup_min_lr: 0.0
+tokenizer:
+  identifier: tokenizers/allenai_dolma2.json
+max_duration: 1ep
+global_train_batch_size: 1024
+device_train_microbatch_size: 2
+precision: amp_bf16
+max_grad_norm: 1.0
+data:
+  memmap_dtype: uint32
+  drop_last: true
+  paths: [/data/dolma2/part-00-00000.npy]
+"""
+
+
+def test_olmo2_7b_yaml_translates_to_the_olmo2_7b_preset_model(tmp_path):
+    """OLMo-2's keys map onto the model spec (olmo_yaml._architecture cites the original's code): RMSNorm
+    with weights, QK-norm over the whole projections, norm_after = reordered_norm."""
+    path = tmp_path / "OLMo2-7B-stage1.yaml"
+    path.write_text(OLMO2_7B_YAML)
+    config = load_config(str(path))
+    preset = load_config("olmo2_7b")
+    assert config.model == dataclasses.replace(preset.model, remat="none")
+    assert (config.model.norm, config.model.qk_norm, config.model.block_order) == ("rms_norm", "full", "reordered_norm")
+    assert config.auxiliary_loss_multiplier == 1e-5 and config.optimizer.eps == 1e-8
+    assert config.optimizer.decay_norm_and_bias and not config.optimizer.decay_embeddings
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"layer_norm_with_affine": False}, r"model\.layer_norm_type='rms', model\.layer_norm_with_affine=False"),
+        ({"bias_for_layer_norm": True}, r"model\.layer_norm_type='rms'"),
+        ({"attention_layer_norm_with_affine": False}, r"model\.attention_layer_norm=True"),
+    ],
+)
+def test_olmo2_norm_variants_olmo_jax_does_not_build_are_refused(tmp_path, changes, message):
+    data = yaml.safe_load(OLMO2_7B_YAML)
+    data["model"].update(changes)
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "changes, kv_heads", [({"n_kv_heads": 8}, 8), ({"multi_query_attention": True}, 1), ({"n_kv_heads": 32}, None)]
+)
+def test_key_value_heads_follow_olmos_effective_n_kv_heads(tmp_path, changes, kv_heads):
+    data = yaml.safe_load(OLMO2_7B_YAML)
+    data["model"].update(changes)
+    path = tmp_path / "gqa.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_config(str(path)).model.n_kv_heads == kv_heads
