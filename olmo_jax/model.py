@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -156,11 +156,12 @@ def rope_tables(seq_len: int, config: ModelConfig, scaled: bool = False) -> tupl
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate-half (GPT-NeoX) RoPE on x [B, T, H, Dh], computed in fp32."""
+    """Rotate-half (GPT-NeoX) RoPE on x [B, T, H, Dh], computed in fp32; the tables are [T, Dh] (every row at
+    positions 0..T-1) or [B, T, Dh] (each row's own positions, when decoding)."""
     x32 = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    cos, sin = (t[None, :, None, :] if t.ndim == 2 else t[:, :, None, :] for t in (cos, sin))
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
@@ -186,10 +187,44 @@ def constrain_activations(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+class KVCache(NamedTuple):
+    """Every layer's keys and values for decoding: k, v [n_layers, B, S slots, kv_heads, head_dim]."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+class Decoding(NamedTuple):
+    """Where new tokens go in a key/value cache of S slots per row (see `olmo_jax.generate`).
+
+    Rows are left-padded so that every row writes its new tokens at the same slots, `index` ...
+    `index + T - 1`; `slot_positions` [B, S] is the token position each slot holds once they are written
+    (-1: padding or not yet written), `query_positions` [B, T] the new tokens' positions."""
+
+    index: jax.Array  # int32 scalar
+    slot_positions: jax.Array
+    query_positions: jax.Array
+
+    def mask(self, window: int | None) -> jax.Array:
+        """[B, 1, T, S]: a query sees the written slots at or before its position (within `window`)."""
+        keys, queries = self.slot_positions[:, None, None, :], self.query_positions[:, None, :, None]
+        seen = (keys >= 0) & (keys <= queries)
+        return seen if window is None else seen & (keys > queries - window)
+
+
 def attention(
-    h: jax.Array, w: BlockWeights, rope: tuple[jax.Array, jax.Array], window: int | None, config: ModelConfig
-) -> jax.Array:
-    """Causal self-attention of h [B, T, d_model]; `window` (static) limits each query to its last keys."""
+    h: jax.Array,
+    w: BlockWeights,
+    rope: tuple[jax.Array, jax.Array],
+    window: int | None,
+    config: ModelConfig,
+    kv_cache: tuple[jax.Array, jax.Array] | None = None,
+    decoding: Decoding | None = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """Causal self-attention of h [B, T, d_model]; `window` (static) limits each query to its last keys.
+
+    With `kv_cache` (k, v [B, S, kv_heads, head_dim]) and `decoding`, the new keys and values are written
+    into the cache and the queries attend over it; returns (output, the updated cache or None)."""
     dtype = h.dtype
     if w.att_proj is not None:
         qkv = jnp.einsum("btd,dkhe->btkhe", h, w.att_proj.astype(dtype))
@@ -205,15 +240,22 @@ def attention(
         q = rms_norm(q, w.q_norm, config.layer_norm_eps, axes)
         k = rms_norm(k, w.k_norm, config.layer_norm_eps, axes)
     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    attended = jax.nn.dot_product_attention(
-        q,
-        k,
-        v,
-        is_causal=True,
-        local_window_size=None if window is None else (window - 1, 0),
-        implementation=attention_implementation(config, dtype),
-    )
-    return jnp.einsum("bthe,hed->btd", attended, w.attn_out.astype(dtype))
+    if decoding is None:
+        attended = jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            local_window_size=None if window is None else (window - 1, 0),
+            implementation=attention_implementation(config, dtype),
+        )
+    else:
+        kv_cache = tuple(
+            jax.lax.dynamic_update_slice_in_dim(cached, new.astype(cached.dtype), decoding.index, axis=1)
+            for cached, new in zip(kv_cache, (k, v), strict=True)
+        )
+        attended = jax.nn.dot_product_attention(q, *kv_cache, mask=decoding.mask(window), implementation="xla")
+    return jnp.einsum("bthe,hed->btd", attended, w.attn_out.astype(dtype)), kv_cache
 
 
 def mlp(h: jax.Array, w: BlockWeights) -> jax.Array:
@@ -224,14 +266,23 @@ def mlp(h: jax.Array, w: BlockWeights) -> jax.Array:
 
 
 def block(
-    x: jax.Array, w: BlockWeights, rope: tuple[jax.Array, jax.Array], window: int | None, config: ModelConfig
-) -> jax.Array:
-    """One OLMo block on x [B, T, d_model] in the compute dtype, in the config's block order."""
+    x: jax.Array,
+    w: BlockWeights,
+    rope: tuple[jax.Array, jax.Array],
+    window: int | None,
+    config: ModelConfig,
+    kv_cache: tuple[jax.Array, jax.Array] | None = None,
+    decoding: Decoding | None = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """One OLMo block on x [B, T, d_model] in the compute dtype, in the config's block order; returns it and
+    the layer's updated key/value cache (None unless decoding)."""
     if config.block_order == "sequential":
-        x = x + attention(norm(x, w.attn_norm, config), w, rope, window, config)
-        return constrain_activations(x + mlp(norm(x, w.ff_norm, config), w))
-    x = x + norm(attention(x, w, rope, window, config), w.attn_norm, config)
-    return constrain_activations(x + norm(mlp(x, w), w.ff_norm, config))
+        attended, kv_cache = attention(norm(x, w.attn_norm, config), w, rope, window, config, kv_cache, decoding)
+        x = x + attended
+        return constrain_activations(x + mlp(norm(x, w.ff_norm, config), w)), kv_cache
+    attended, kv_cache = attention(x, w, rope, window, config, kv_cache, decoding)
+    x = x + norm(attended, w.attn_norm, config)
+    return constrain_activations(x + norm(mlp(x, w), w.ff_norm, config)), kv_cache
 
 
 class OLMo(nnx.Module):
@@ -287,42 +338,83 @@ class OLMo(nnx.Module):
         return BlockWeights(**{name: getattr(self, name)[...] for name in BlockWeights._fields if hasattr(self, name)})
 
     def hidden_states(self, tokens: jax.Array) -> jax.Array:
-        """Final-normed hidden states [B, T, d_model] in the compute dtype.
+        """Final-normed hidden states [B, T, d_model] in the compute dtype."""
+        seq_len = tokens.shape[1]
+        ropes = {scaled: rope_tables(seq_len, self.config, scaled) for scaled in (False, True)}
+        hidden, _ = self._layers(self._embed(tokens), ropes)
+        return hidden
+
+    def decode(self, tokens: jax.Array, cache: KVCache, decoding: Decoding) -> tuple[jax.Array, KVCache]:
+        """Run new tokens [B, T] against a key/value cache: (fp32 logits [B, T, embedding_size], the cache with
+        their keys and values written at `decoding.index`)."""
+        slots = cache.k.shape[2]
+        ropes = {
+            scaled: tuple(table[decoding.query_positions] for table in rope_tables(slots, self.config, scaled))
+            for scaled in (False, True)
+        }
+        hidden, cache = self._layers(self._embed(tokens), ropes, cache, decoding)
+        return self.logits(hidden), cache
+
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        dtype = DTYPES[self.config.compute_dtype]
+        return constrain_activations(jnp.take(self.wte[...], tokens, axis=0).astype(dtype))
+
+    def _layers(
+        self,
+        x: jax.Array,
+        ropes: dict[bool, tuple[jax.Array, jax.Array]],
+        cache: KVCache | None = None,
+        decoding: Decoding | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Every block, then the final norm; (hidden states, the updated cache or None).
 
         Under `scan_layers` the scan runs over groups of `len(sliding_window_pattern)` layers, unrolled
         inside a group, because an attention window must be static; leftover layers run unrolled after.
         """
-        config = self.config
-        dtype = DTYPES[config.compute_dtype]
-        x = constrain_activations(jnp.take(self.wte[...], tokens, axis=0).astype(dtype))
-        seq_len, n_layers = tokens.shape[1], config.n_layers
-        ropes = {scaled: rope_tables(seq_len, config, scaled) for scaled in (False, True)}
+        config, n_layers = self.config, self.config.n_layers
         weights = self.block_weights()
+        kv = None if cache is None else (cache.k, cache.v)
 
-        def layer_fn(window: int | None, in_scan: bool) -> Callable[[jax.Array, BlockWeights], jax.Array]:
+        def layer_fn(window: int | None, in_scan: bool) -> Callable[..., tuple[jax.Array, tuple | None]]:
             # RoPE scaling is for full-attention layers only, as OLMo-3's long-context models.
-            def layer(x: jax.Array, w: BlockWeights) -> jax.Array:
-                return block(x, w, ropes[window is None], window, config)
+            def layer(x: jax.Array, w: BlockWeights, layer_kv: tuple | None) -> tuple[jax.Array, tuple | None]:
+                return block(x, w, ropes[window is None], window, config, layer_kv, decoding)
 
             if config.remat != "none":  # CSE cannot undo remat inside a scan, only outside one
                 layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not in_scan)
             return layer
 
+        def pick(tree: Any, i: int) -> Any:
+            return jax.tree.map(lambda a: a[i], tree)
+
         group = max(1, len(config.sliding_window_pattern))
         scanned = n_layers - n_layers % group if config.scan_layers else 0
+        new_kv: list[tuple[jax.Array, jax.Array]] = []  # the updated caches of consecutive layer ranges
         if scanned:
             in_group = [layer_fn(config.layer_window(j), in_scan=True) for j in range(group)]
 
-            def run_group(x: jax.Array, w: BlockWeights) -> tuple[jax.Array, None]:
+            def run_group(x: jax.Array, inputs: tuple) -> tuple[jax.Array, tuple | None]:
+                w, group_kv = inputs
+                written = []
                 for j, layer in enumerate(in_group):
-                    x = layer(x, jax.tree.map(lambda a, j=j: a[j], w))
-                return x, None
+                    x, layer_kv = layer(x, pick(w, j), None if group_kv is None else pick(group_kv, j))
+                    written.append(layer_kv)
+                return x, None if group_kv is None else jax.tree.map(lambda *a: jnp.stack(a), *written)
 
-            grouped = jax.tree.map(lambda a: a[:scanned].reshape(scanned // group, group, *a.shape[1:]), weights)
-            x, _ = jax.lax.scan(run_group, x, grouped)
+            grouped = jax.tree.map(lambda a: a[:scanned].reshape(scanned // group, group, *a.shape[1:]), (weights, kv))
+            x, written = jax.lax.scan(run_group, x, grouped)
+            if kv is not None:
+                new_kv.append(jax.tree.map(lambda a: a.reshape(scanned, *a.shape[2:]), written))
         for i in range(scanned, n_layers):
-            x = layer_fn(config.layer_window(i), in_scan=False)(x, jax.tree.map(lambda a, i=i: a[i], weights))
-        return norm(x, self.final_norm[...] if hasattr(self, "final_norm") else None, config)
+            x, layer_kv = layer_fn(config.layer_window(i), in_scan=False)(
+                x, pick(weights, i), None if kv is None else pick(kv, i)
+            )
+            if kv is not None:
+                new_kv.append(jax.tree.map(lambda a: a[None], layer_kv))
+        hidden = norm(x, self.final_norm[...] if hasattr(self, "final_norm") else None, config)
+        if kv is None:
+            return hidden, None
+        return hidden, KVCache(*(jnp.concatenate(parts) for parts in zip(*new_kv, strict=True)))
 
     def head_weight(self) -> jax.Array:
         """LM head as [d_model, embedding_size] (the transposed embedding when tied)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,10 @@ from olmo_jax.checkpoint import CheckpointError, read_config, resolve_checkpoint
 from olmo_jax.config import ModelConfig
 from olmo_jax.convert.hf import import_hf
 from olmo_jax.convert.tokenizer_files import find_hf_tokenizer, tokenizer_vocab_size
+from olmo_jax.data.tokenizer import load_tokenizer
+from olmo_jax.data.tokenizer_formats import Tokenizer
 from olmo_jax.errors import InputError
+from olmo_jax.generate import Sampling, generate
 from olmo_jax.model import DTYPES, OLMo, abstract_model
 
 
@@ -41,6 +46,26 @@ class Pretrained:
             bad = int(tokens.min()) if int(tokens.min()) < 0 else int(tokens.max())
             raise InputError(f"token id {bad} is out of range for the model's vocabulary of {self.config.vocab_size}")
         return _logits(self.model, tokens.astype(jnp.int32))
+
+    def generate(
+        self, prompts: Sequence[str] | Sequence[Sequence[int]], sampling: Sampling | None = None, **options: Any
+    ) -> list[str] | list[list[int]]:
+        """Continue each prompt (see `olmo_jax.generate.generate`): texts in, texts out (with the model's
+        tokenizer), or token ids in, token ids out. `options`: Sampling's fields (max_new_tokens, temperature,
+        top_p, seed, chunk), or `stop_token_ids`."""
+        stop_ids = options.pop("stop_token_ids", None)
+        sampling = dataclasses.replace(sampling or Sampling(), **options)
+        texts = bool(prompts) and all(isinstance(p, str) for p in prompts)
+        if not texts:
+            return generate(self.model, prompts, sampling, stop_token_ids=stop_ids)
+        tokenizer = self.tokenizer()
+        new = generate(self.model, tokenizer.encode_batch(list(prompts)), sampling, stop_token_ids=stop_ids)
+        return [tokenizer.decode(ids) for ids in new]
+
+    def tokenizer(self) -> Tokenizer:
+        if self.tokenizer_identifier is None:
+            raise InputError("the model has no tokenizer recorded with it; pass token ids instead of text")
+        return load_tokenizer(self.tokenizer_identifier)
 
 
 def is_hf_dir(path: Path) -> bool:

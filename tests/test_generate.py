@@ -1,0 +1,154 @@
+"""Generation: greedy decoding equals transformers' `generate(do_sample=False)` token for token; sampling
+follows its definition; bad requests are one-line errors.
+
+The HF models are tiny random ones made by transformers from its own configs; our side loads them with
+`from_pretrained` (the conversion under test elsewhere). Greedy decoding is compared exactly: fp32 on both
+sides, and a random model's top two logits are far apart compared with the ~1e-6 the two differ by.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from olmo_jax.errors import InputError
+from olmo_jax.generate import Sampling, generate, sample
+from olmo_jax.pretrained import from_pretrained
+
+VOCAB, NEW = 256, 32
+
+
+def hf_model(model_type: str, **extra):
+    torch.manual_seed(0)
+    config_cls, model_cls = {
+        "olmo": (transformers.OlmoConfig, transformers.OlmoForCausalLM),
+        "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM),
+        "olmo3": (transformers.Olmo3Config, transformers.Olmo3ForCausalLM),
+    }[model_type]
+    config = config_cls(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        max_position_embeddings=96, tie_word_embeddings=False, eos_token_id=VOCAB - 1, pad_token_id=1,
+        bos_token_id=None, initializer_range=0.2, **extra,
+    )  # fmt: skip
+    return model_cls(config).to(torch.float32).eval()
+
+
+def prompts(seed: int = 0) -> list[list[int]]:
+    """Three prompts of different lengths: the batch is left-padded, each row at its own positions."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(2, VOCAB - 1, n).tolist() for n in (9, 17, 4)]
+
+
+@pytest.fixture(scope="module")
+def olmo1(tmp_path_factory):
+    model = hf_model("olmo")
+    path = tmp_path_factory.mktemp("olmo1")
+    model.save_pretrained(path)
+    return model, from_pretrained(path)
+
+
+def hf_greedy(model, prompt: list[int]) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=1
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize(
+    "model_type, extra",
+    [
+        ("olmo", {}),
+        ("olmo2", {"num_key_value_heads": 2}),
+        # A window of 5 on 3 of every 4 layers: most of the 32 new tokens are past it.
+        ("olmo3", {"num_key_value_heads": 2, "sliding_window": 5}),
+    ],
+    ids=["olmo1", "olmo2-gqa", "olmo3-window"],
+)
+def test_greedy_generation_equals_transformers_token_for_token(tmp_path, model_type, extra, olmo1):
+    hf, ours = olmo1 if model_type == "olmo" else (hf_model(model_type, **extra), None)
+    if ours is None:
+        hf.save_pretrained(tmp_path)
+        ours = from_pretrained(tmp_path)
+    batch = prompts()
+    # stop_token_ids=[] : 32 tokens whatever comes out, as min_new_tokens makes transformers do.
+    new = ours.generate(batch, max_new_tokens=NEW, stop_token_ids=[])
+    for prompt, tokens in zip(batch, new, strict=True):
+        assert tokens == hf_greedy(hf, prompt)
+
+
+def test_cached_decoding_agrees_with_the_full_forward_pass(olmo1):
+    """Each greedy token is the argmax of a plain forward pass over prompt + the tokens before it."""
+    _, ours = olmo1
+    prompt = prompts(1)[1]
+    new = ours.generate([prompt], max_new_tokens=12, stop_token_ids=[])[0]
+    logits = np.asarray(ours(np.array([prompt + new])))[0]
+    assert np.argmax(logits[len(prompt) - 1 : -1], axis=-1).tolist() == new
+
+
+def test_a_row_stops_at_its_stop_token_and_the_others_go_on(olmo1):
+    _, ours = olmo1
+    batch = prompts()
+    free = ours.generate(batch, max_new_tokens=NEW, stop_token_ids=[])
+    stop_at = free[0][5]  # row 0's sixth token
+    stopped = ours.generate(batch, max_new_tokens=NEW, stop_token_ids=[stop_at])
+    for row, tokens in zip(free, stopped, strict=True):
+        end = row.index(stop_at) if stop_at in row else len(row)
+        assert tokens == row[:end]  # without the stop token
+
+
+def test_the_host_stop_rule_ends_a_row_between_chunks(olmo1):
+    _, ours = olmo1
+    sampling = Sampling(max_new_tokens=NEW, chunk=8)
+    out = generate(ours.model, prompts()[:2], sampling, stop_token_ids=[], stop=lambda row, tokens: row == 0)
+    assert len(out[0]) == 8 and len(out[1]) == NEW  # row 0 stopped after its first chunk
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p_and_temperature_follows_the_softmax():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
+    keys = jax.random.split(jax.random.key(0), 4000)
+
+    def draws(sampling):
+        return np.asarray(jax.vmap(lambda k: sample(logits, k, sampling, vocab_size=4))(keys))[:, 0]
+
+    # top_p 0.7: {0.5, 0.3} reach it; renormalised 0.625 / 0.375. 4000 draws: std of a frequency <= 0.008.
+    counts = np.bincount(draws(Sampling(temperature=1.0, top_p=0.7)), minlength=4) / 4000
+    np.testing.assert_allclose(counts, [0.625, 0.375, 0, 0], atol=0.04)
+    counts = np.bincount(draws(Sampling(temperature=1.0)), minlength=4) / 4000
+    np.testing.assert_allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.04)
+    # Temperature 0.5 squares the probabilities before renormalising.
+    p = np.array([0.5, 0.3, 0.15, 0.05]) ** 2
+    counts = np.bincount(draws(Sampling(temperature=0.5)), minlength=4) / 4000
+    np.testing.assert_allclose(counts, p / p.sum(), atol=0.04)
+    # Greedy ignores the key; rows past the vocabulary are never chosen even when largest.
+    wide = np.concatenate([logits, [[9.0]]], axis=1)
+    assert int(sample(wide, keys[0], Sampling(), vocab_size=4)[0]) == 0
+
+
+def test_sampling_is_reproducible_from_its_seed(olmo1):
+    _, ours = olmo1
+    a = ours.generate(prompts(), max_new_tokens=16, temperature=1.0, top_p=0.9, seed=3, stop_token_ids=[])
+    b = ours.generate(prompts(), max_new_tokens=16, temperature=1.0, top_p=0.9, seed=3, stop_token_ids=[])
+    c = ours.generate(prompts(), max_new_tokens=16, temperature=1.0, top_p=0.9, seed=4, stop_token_ids=[])
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        ({"prompts": [list(range(2, 80))], "max_new_tokens": 32}, "78 tokens plus max_new_tokens=32 exceeds"),
+        ({"prompts": [[]]}, "prompt 0 is empty"),
+        ({"prompts": [[3, 4], [5, VOCAB]]}, f"prompt 1: token id {VOCAB} is out of range"),
+        ({"prompts": [[3]], "temperature": -1.0}, "temperature=-1.0"),
+        ({"prompts": [[3]], "top_p": 0.0}, "top_p=0.0"),
+        ({"prompts": [[3]], "max_new_tokens": 0}, "max_new_tokens=0"),
+    ],
+)
+def test_bad_requests_are_one_line_errors(olmo1, request_, message):
+    _, ours = olmo1
+    options = dict(request_)
+    with pytest.raises(InputError, match=message):
+        ours.generate(options.pop("prompts"), **options)
