@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("olmo_jax.data.__main__", "prepare token files, curate text, inspect a step's batch, train a tokenizer"),
     "convert": ("olmo_jax.convert.__main__", "convert checkpoints to and from Hugging Face directories"),
     "eval": ("olmo_jax.eval.__main__", "evaluate a checkpoint or HF model: downstream tasks and perplexity"),
-    "generate": ("olmo_jax.generate", "continue prompts with a checkpoint or HF model (greedy, temperature, top-p)"),
+    "generate": ("olmo_jax.generate.__main__", "continue prompts with a checkpoint or HF model (greedy or sampled)"),
     "bench": ("olmo_jax.bench", "time the real train step on synthetic tokens (tokens/s, MFU, memory)"),
 }
 

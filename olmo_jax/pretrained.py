@@ -19,7 +19,7 @@ from olmo_jax.convert.tokenizer_files import find_hf_tokenizer, tokenizer_vocab_
 from olmo_jax.data.tokenizer import load_tokenizer
 from olmo_jax.data.tokenizer_formats import Tokenizer
 from olmo_jax.errors import InputError
-from olmo_jax.generate import Sampling, generate
+from olmo_jax.generate.decoding import Sampling, generate
 from olmo_jax.model import DTYPES, OLMo, abstract_model
 
 

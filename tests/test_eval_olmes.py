@@ -378,21 +378,12 @@ def test_suites_name_registered_tasks():
         "hellaswag_mc_5shot",
         "winogrande_mc_5shot",
         "mmlu_mc_5shot",
+        "drop_gen",
+        "naturalqs_open_gen",
+        "gsm8k_gen",
     ]
     assert len(resolve_tasks("olmes_mc,olmes_rc")) == 18
     assert {TASKS[n].format for n in TASK_GROUPS["olmes_rc"]} == {"rc_5shot"}
-
-
-def test_generative_tasks_are_refused_in_one_line():
-    with pytest.raises(
-        EvalError, match=r"task 'gsm8k_gen' generates text .* generation is not available in olmo_jax yet"
-    ):
-        resolve_tasks("arc_easy_mc_5shot,gsm8k_gen")
-    from olmo_jax.eval.__main__ import main
-
-    with pytest.raises(SystemExit) as done:
-        main(["--model=m", "--tasks=drop_gen"])
-    assert done.value.code == 2
 
 
 def test_unknown_names_suggest_close_olmes_sets():

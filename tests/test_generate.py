@@ -8,14 +8,23 @@ sides, and a random model's top two logits are far apart compared with the ~1e-6
 
 from __future__ import annotations
 
+import json
+import re
+
 import jax
 import numpy as np
 import pytest
 import torch
 import transformers
+from eval_support import tiny_config, train_tokenizer
+from flax import nnx
 
+from olmo_jax.checkpoint import write_params_checkpoint
+from olmo_jax.config import TokenizerConfig, TrainConfig
 from olmo_jax.errors import InputError
-from olmo_jax.generate import Sampling, generate, sample
+from olmo_jax.generate.__main__ import main as generate_main
+from olmo_jax.generate.decoding import Sampling, generate, sample
+from olmo_jax.model import OLMo
 from olmo_jax.pretrained import from_pretrained
 
 VOCAB, NEW = 256, 32
@@ -152,3 +161,58 @@ def test_bad_requests_are_one_line_errors(olmo1, request_, message):
     options = dict(request_)
     with pytest.raises(InputError, match=message):
         ours.generate(options.pop("prompts"), **options)
+
+
+# --------------------------------------------------------------------------------------------------
+# `olmo-jax generate`
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random tiny OLMo saved as an olmo_jax checkpoint with its (trained-here) tokenizer."""
+    root = tmp_path_factory.mktemp("run")
+    tokenizer = train_tokenizer(root / "tokenizer.json")
+    model = tiny_config(vocab_size=400, max_length=128, eos_token_id=0, pad_token_id=1)
+    config = TrainConfig(model=model, tokenizer=TokenizerConfig(identifier=str(tokenizer)))
+    params = nnx.to_pure_dict(nnx.state(OLMo(model, rngs=nnx.Rngs(0)), nnx.Param))
+    write_params_checkpoint(root, 0, params, config)
+    return root
+
+
+def test_the_command_prints_one_json_line_per_prompt_as_the_python_api_generates(checkpoint, capsys):
+    argv = [f"--model={checkpoint}", "--prompt=The roof", "--prompt=Property tax is", "--max_new_tokens=12"]
+    assert generate_main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = from_pretrained(checkpoint).generate(["The roof", "Property tax is"], max_new_tokens=12)
+    assert [r["completion"] for r in rows] == expected
+    assert [r["prompt"] for r in rows] == ["The roof", "Property tax is"]
+    assert all(r["stop"] in ("eos", "length") and r["new_tokens"] <= 12 for r in rows)
+
+
+def test_the_command_cuts_at_stop_strings_and_writes_its_output_atomically(checkpoint, tmp_path, capsys):
+    free = from_pretrained(checkpoint).generate(["The roof"], max_new_tokens=24)[0]
+    stop = free[len(free) // 2 :][:2]  # two characters from the middle of the free completion
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "The roof"}) + "\n\n")
+    out = tmp_path / "out.jsonl"
+    args = [f"--model={checkpoint}", f"--prompts={prompts}", "--max_new_tokens=24", f"--stop={stop}", f"-o={out}"]
+    assert generate_main(args) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["completion"] == free[: free.index(stop)] and row["stop"] == stop
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json\n", r"prompts\.jsonl:1: not a JSON object"),
+        ('{"text": "x"}\n', r'prompts\.jsonl:1: expected \{"prompt": "<text>"\}'),
+        ("\n", r"prompts\.jsonl holds no prompts"),
+    ],
+)
+def test_a_bad_prompts_file_is_one_error_line_and_exit_2(checkpoint, tmp_path, capsys, content, message):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(content)
+    assert generate_main([f"--model={checkpoint}", f"--prompts={prompts}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0])

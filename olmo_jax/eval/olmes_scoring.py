@@ -80,8 +80,8 @@ def load_instances(task: ChoiceTask, root: str | Path, limit: int | None) -> tup
     """(the first `limit` instances of `task`, its primary metric), from the OLMES folder `root`."""
     if isinstance(task, MmluTask):
         return mmlu_instances(root, task, limit), MMLU_PRIMARY["bpb" if task.gold_only else task.kind]
-    if task.unavailable is not None:
-        raise EvalError(task.unavailable)
+    if task.generative:
+        raise EvalError(f"task {task.name!r} generates its answers: it is scored by olmo_jax.eval.generative")
     request_set = read_request_set(root, task.task, task.format)
     where = str(request_set.path)
     configured = request_set.primary_metric

@@ -104,9 +104,6 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[Task]:
         for task_name in expanded:
             if task_name not in TASKS:
                 raise EvalError(f"unknown task {task_name!r}; known tasks: {_known_tasks(task_name)}")
-            unavailable = getattr(TASKS[task_name], "unavailable", None)
-            if unavailable is not None:
-                raise EvalError(unavailable)
             if TASKS[task_name] not in tasks:
                 tasks.append(TASKS[task_name])
     return tasks

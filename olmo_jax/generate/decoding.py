@@ -13,13 +13,11 @@ embedding rows) are never sampled.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -27,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from olmo_jax import atomic, cli
 from olmo_jax.errors import InputError
 from olmo_jax.model import DTYPES, Decoding, KVCache, OLMo
 
@@ -81,7 +78,7 @@ def sample(logits: jax.Array, key: jax.Array, sampling: Sampling, vocab_size: in
 
 
 @functools.partial(nnx.jit, static_argnames=("sampling", "slots"))
-def _prefill(model: OLMo, tokens: jax.Array, pad: jax.Array, sampling: Sampling, slots: int) -> _State:
+def _prefill(model: OLMo, tokens: jax.Array, pad: jax.Array, key: jax.Array, sampling: Sampling, slots: int) -> _State:
     config = model.config
     batch, prompt = tokens.shape
     shape = (config.n_layers, batch, slots, config.kv_heads, config.head_dim)
@@ -92,7 +89,7 @@ def _prefill(model: OLMo, tokens: jax.Array, pad: jax.Array, sampling: Sampling,
     # outputs are never used and their slots are masked for every other query.
     queries = jnp.maximum(jnp.arange(prompt)[None, :] - pad[:, None], 0)
     logits, cache = model.decode(tokens, cache, Decoding(jnp.int32(0), slot_positions, queries))
-    key, step_key = jax.random.split(jax.random.key(sampling.seed))
+    key, step_key = jax.random.split(key)
     first = sample(logits[:, -1], step_key, sampling, config.vocab_size)
     return _State(cache, slot_positions, first, jnp.int32(prompt), prompt - pad, key)
 
@@ -153,13 +150,16 @@ def generate(
     for row, prompt in enumerate(prompts):
         tokens[row, width - len(prompt) :] = prompt
     pad = jnp.asarray([width - n for n in lengths], jnp.int32)
-    state = _prefill(model, jnp.asarray(tokens), pad, sampling, width + chunks * sampling.chunk)
+    # Only the choice of rule is compiled in: the seed and the length are not (no recompilation per seed).
+    rule = dataclasses.replace(sampling, seed=0, max_new_tokens=1)
+    key = jax.random.key(sampling.seed)
+    state = _prefill(model, jnp.asarray(tokens), pad, key, rule, width + chunks * sampling.chunk)
 
     stops = set([config.eos_token_id] if stop_token_ids is None else stop_token_ids)
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
     for _ in range(chunks):
-        state, fed = _decode_chunk(model, state, sampling)
+        state, fed = _decode_chunk(model, state, rule)
         for row, new in enumerate(np.asarray(fed).tolist()):
             if finished[row]:
                 continue
@@ -176,103 +176,8 @@ def generate(
     return outputs
 
 
-# --------------------------------------------------------------------------------------------------
-# `olmo-jax generate` (= python -m olmo_jax.generate)
-# --------------------------------------------------------------------------------------------------
-
-
-def read_prompts(path: str) -> list[str]:
-    """Prompts from a JSON-lines file: one `{"prompt": "..."}` per line (blank lines skipped)."""
-    prompts = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read prompts file {path}: {e}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{number}: not a JSON object ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise InputError(f'{path}:{number}: expected {{"prompt": "<text>"}}')
-        prompts.append(row["prompt"])
-    if not prompts:
-        raise InputError(f"{path} holds no prompts")
-    return prompts
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "python -m olmo_jax.generate") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return cli.run_command(lambda: _run(argv, prog), debug=cli.debug_enabled("--debug" in argv))
-
-
-def _run(argv: list[str], prog: str) -> int:
-    parser = cli.ArgumentParser(
-        prog=prog,
-        description="Continue text prompts with a checkpoint or an HF OLMo directory (greedy unless "
-        "--temperature > 0). Prints one JSON line per prompt to stdout (or --output): prompt, completion, "
-        "new token count, stop reason.",
-    )
-    parser.add_argument("--model", required=True, help="olmo_jax run dir / checkpoint step, or an HF OLMo directory")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    source.add_argument("--prompts", metavar="FILE.jsonl", help='a JSON-lines file of {"prompt": "..."} rows')
-    parser.add_argument("--max_new_tokens", type=int, default=Sampling.max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=Sampling.temperature, help="0: greedy (default)")
-    parser.add_argument("--top_p", type=float, default=Sampling.top_p)
-    parser.add_argument("--seed", type=int, default=Sampling.seed)
-    parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable); cut from the output")
-    parser.add_argument("--batch_size", type=int, default=8, help="prompts generated together")
-    parser.add_argument("--compute_dtype", choices=sorted(DTYPES), help=cli.COMPUTE_DTYPE_HELP)
-    cli.add_output_argument(parser, "write the JSON lines to this file (atomically) instead of stdout")
-    cli.add_debug_argument(parser)
-    args = parser.parse_args(cli.normalize_flags(a for a in argv if a != "--debug"))
-    if args.batch_size < 1:
-        parser.error(f"--batch_size={args.batch_size} must be at least 1")
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    sampling.validate()
-    prompts = args.prompt if args.prompt else read_prompts(args.prompts)
-
-    from olmo_jax.pretrained import from_pretrained  # imports the converters: only when a model is loaded
-
-    pretrained = from_pretrained(args.model, compute_dtype=args.compute_dtype)
-    tokenizer = pretrained.tokenizer()
-    stop = stop_strings(tokenizer.decode, args.stop)
-    rows = []
-    for start in range(0, len(prompts), args.batch_size):
-        batch = prompts[start : start + args.batch_size]
-        new = generate(pretrained.model, tokenizer.encode_batch(batch), sampling, stop=stop)
-        for prompt, tokens in zip(batch, new, strict=True):
-            text, reason = cut_at_stop(tokenizer.decode(tokens), args.stop)
-            if reason is None:
-                reason = "length" if len(tokens) == sampling.max_new_tokens else "eos"
-            rows.append({"prompt": prompt, "completion": text, "new_tokens": len(tokens), "stop": reason})
-        print(f"generated {min(start + args.batch_size, len(prompts))}/{len(prompts)}", file=sys.stderr, flush=True)
-    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    if args.output:
-        atomic.write_text(args.output, lines)
-    else:
-        sys.stdout.write(lines)
-    return 0
-
-
 def stop_strings(decode: Callable[[list[int]], str], stops: Sequence[str]) -> Callable[[int, list[int]], bool] | None:
     """A `stop` rule for `generate`: a row is done once its decoded text holds one of `stops`."""
     if not stops:
         return None
     return lambda row, tokens: any(s in decode(tokens) for s in stops)
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
-    """`text` up to the earliest stop string, and that string (None when none occurs)."""
-    found = [(text.index(s), s) for s in stops if s and s in text]
-    if not found:
-        return text, None
-    at, stop = min(found)
-    return text[:at], stop
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Text generation: `decoding` (the key/value-cache decoder and sampling) and the `olmo-jax generate` CLI."""

@@ -1,0 +1,106 @@
+"""`olmo-jax generate` (= python -m olmo_jax.generate): continue prompts with a checkpoint or HF OLMo model.
+
+olmo-jax generate --model=runs/tiny --prompt="def main(" --max_new_tokens=64 [--temperature=0.8 --top_p=0.95]
+olmo-jax generate --model=hf_dir --prompts=prompts.jsonl --stop=$'\\n\\n' -o completions.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from olmo_jax import atomic, cli
+from olmo_jax.errors import InputError
+from olmo_jax.generate.decoding import Sampling, generate, stop_strings
+from olmo_jax.model import DTYPES
+from olmo_jax.pretrained import from_pretrained
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts from a JSON-lines file: one `{"prompt": "..."}` per line (blank lines skipped)."""
+    prompts = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read prompts file {path}: {e}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{number}: not a JSON object ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise InputError(f'{path}:{number}: expected {{"prompt": "<text>"}}')
+        prompts.append(row["prompt"])
+    if not prompts:
+        raise InputError(f"{path} holds no prompts")
+    return prompts
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m olmo_jax.generate") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.run_command(lambda: _run(argv, prog), debug=cli.debug_enabled("--debug" in argv))
+
+
+def _run(argv: list[str], prog: str) -> int:
+    parser = cli.ArgumentParser(
+        prog=prog,
+        description="Continue text prompts with a checkpoint or an HF OLMo directory (greedy unless "
+        "--temperature > 0). Prints one JSON line per prompt to stdout (or --output): prompt, completion, "
+        "new token count, stop reason.",
+    )
+    parser.add_argument("--model", required=True, help="olmo_jax run dir / checkpoint step, or an HF OLMo directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    source.add_argument("--prompts", metavar="FILE.jsonl", help='a JSON-lines file of {"prompt": "..."} rows')
+    parser.add_argument("--max_new_tokens", type=int, default=Sampling.max_new_tokens, help="at most this many tokens")
+    parser.add_argument("--temperature", type=float, default=Sampling.temperature, help="0: greedy (default)")
+    parser.add_argument("--top_p", type=float, default=Sampling.top_p, help="nucleus sampling mass (1: off)")
+    parser.add_argument("--seed", type=int, default=Sampling.seed, help="sampling seed (same seed, same text)")
+    parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable); cut from the output")
+    parser.add_argument("--batch_size", type=int, default=8, help="prompts generated together")
+    parser.add_argument("--compute_dtype", choices=sorted(DTYPES), help=cli.COMPUTE_DTYPE_HELP)
+    cli.add_output_argument(parser, "write the JSON lines to this file (atomically) instead of stdout")
+    cli.add_debug_argument(parser)
+    args = parser.parse_args(cli.normalize_flags(a for a in argv if a != "--debug"))
+    if args.batch_size < 1:
+        parser.error(f"--batch_size={args.batch_size} must be at least 1")
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    sampling.validate()
+    prompts = args.prompt if args.prompt else read_prompts(args.prompts)
+
+    pretrained = from_pretrained(args.model, compute_dtype=args.compute_dtype)
+    tokenizer = pretrained.tokenizer()
+    stop = stop_strings(tokenizer.decode, args.stop)
+    rows = []
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start : start + args.batch_size]
+        new = generate(pretrained.model, tokenizer.encode_batch(batch), sampling, stop=stop)
+        for prompt, tokens in zip(batch, new, strict=True):
+            text, reason = cut_at_stop(tokenizer.decode(tokens), args.stop)
+            if reason is None:
+                reason = "length" if len(tokens) == sampling.max_new_tokens else "eos"
+            rows.append({"prompt": prompt, "completion": text, "new_tokens": len(tokens), "stop": reason})
+        print(f"generated {min(start + args.batch_size, len(prompts))}/{len(prompts)}", file=sys.stderr, flush=True)
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if args.output:
+        atomic.write_text(args.output, lines)
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
+    """`text` up to the earliest stop string, and that string (None when none occurs)."""
+    found = [(text.index(s), s) for s in stops if s and s in text]
+    if not found:
+        return text, None
+    at, stop = min(found)
+    return text[:at], stop
+
+
+if __name__ == "__main__":
+    sys.exit(main())
