@@ -205,8 +205,8 @@ def test_the_command_cuts_at_stop_strings_and_writes_its_output_atomically(check
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("{not json\n", r"prompts\.jsonl:1: not a JSON object"),
-        ('{"text": "x"}\n', r'prompts\.jsonl:1: expected \{"prompt": "<text>"\}'),
+        ("{not json\n", r"prompts\.jsonl:1: not valid JSON"),
+        ('{"text": "x"}\n', r"prompts\.jsonl:1: expected an object with a string 'prompt' field"),
         ("\n", r"prompts\.jsonl holds no prompts"),
     ],
 )

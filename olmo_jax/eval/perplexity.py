@@ -18,8 +18,6 @@ window's last token (no overlap, no carried context) - the cheapest scheme, and 
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 from olmo_jax.errors import EvalError
 from olmo_jax.eval.downstream import Tokenizer
 from olmo_jax.eval.scoring import Request, Scorer
+from olmo_jax.jsonl import read_string_field
 
 SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json")
 # Folder names read as a split level rather than a source (Paloma: <source>/<split>/<domain>).
@@ -85,22 +84,7 @@ def find_text_sets(path: str | Path, split: str = "val") -> list[TextSet]:
 
 def read_texts(path: Path) -> list[str]:
     """The "text" field of every line of a (gzipped) JSON-lines file."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    texts = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise EvalError(f"{path}:{number}: expected an object with a string 'text' field")
-            texts.append(record["text"])
-    if not texts:
-        raise EvalError(f"{path} holds no documents")
-    return texts
+    return read_string_field(path, "text", error=EvalError, what="documents")
 
 
 def document_requests(tokens: list[int], eos_token_id: int, max_length: int) -> list[Request]:

@@ -9,35 +9,17 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from olmo_jax import atomic, cli
-from olmo_jax.errors import InputError
 from olmo_jax.generate.decoding import Sampling, generate, stop_strings
+from olmo_jax.jsonl import read_string_field
 from olmo_jax.model import DTYPES
 from olmo_jax.pretrained import from_pretrained
 
 
 def read_prompts(path: str) -> list[str]:
     """Prompts from a JSON-lines file: one `{"prompt": "..."}` per line (blank lines skipped)."""
-    prompts = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read prompts file {path}: {e}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{number}: not a JSON object ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise InputError(f'{path}:{number}: expected {{"prompt": "<text>"}}')
-        prompts.append(row["prompt"])
-    if not prompts:
-        raise InputError(f"{path} holds no prompts")
-    return prompts
+    return read_string_field(path, "prompt", what="prompts")
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m olmo_jax.generate") -> int:
