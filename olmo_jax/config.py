@@ -299,6 +299,9 @@ class DataConfig:
     dtype: Literal["uint16", "uint32"] | None = None
     drop_last: bool = True
     seed: int | None = None  # None: the run's seed
+    # Which trainer's global order: `olmo` (ai2-olmo: epoch e shuffled by PCG64(seed + e), e from 0) or
+    # `olmo_core` (OLMo-core's NumpyFSLDataLoader: the same shuffle, epochs counted from 1).
+    order: Literal["olmo", "olmo_core"] = "olmo"
     prefetch: int = 2  # host batches prepared ahead in the background (0: none)
     num_workers: int = 0  # threads preparing them (0 means 1)
     # The built-in corpus used when no paths are given (the offline default run).
@@ -738,6 +741,7 @@ def data_spec(config: TrainConfig) -> DataSpec:
         sources=dict(data.sources),
         dtype=data.dtype,
         drop_last=data.drop_last,
+        order=data.order,
         batch_size_warmup=batch_size_warmup,
         tokenizer=config.tokenizer.identifier,
         builtin_corpus=data.builtin_corpus,

@@ -40,6 +40,20 @@ def test_batches_are_consecutive_slices_across_an_epoch_boundary():
     assert cursor == Cursor(step=10, epoch=2, position=10, instances_consumed=50)
 
 
+def test_olmo_core_order_counts_epochs_from_one():
+    """OLMo-core's `NumpyFSLDataLoader._build_global_indices` shuffles with PCG64(seed + epoch) where its
+    trainer's first epoch is 1 (olmo_core/train/trainer.py `Trainer.epoch = 1`); checked against the real
+    loader by benchmarks/compare_olmo_core_order.py."""
+    n, batch, seed = 23, 5, 34521
+    order = GlobalOrder(BatchPlan(n, seq_len=8, global_batch_size=batch), seed, order="olmo_core")
+    cursor = Cursor()
+    for step in range(8):
+        epoch, k = divmod(step, n // batch)
+        expected = olmo_global_indices(n, seed, epoch + 1)[k * batch : (k + 1) * batch]
+        np.testing.assert_array_equal(order.indices(cursor), expected, err_msg=f"step {step}")
+        cursor = order.plan.next_cursor(cursor)
+
+
 def test_without_drop_last_the_last_batch_is_filled_with_the_epochs_first_indices():
     n, batch, seed = 7, 3, 5
     order = GlobalOrder(BatchPlan(n, seq_len=4, global_batch_size=batch, drop_last=False), seed)

@@ -1,8 +1,11 @@
 """The global order of training instances and the batch plan, rebuilt from the data spec alone.
 
 OLMo's order: epoch `e` visits the instance indices `0..N-1` (uint32) shuffled by
-`numpy.random.Generator(numpy.random.PCG64(seed + e)).shuffle`. Global batches take consecutive slices of it:
-with a fixed global batch size B and drop_last, batch k is `perm_e[j*B:(j+1)*B]` where `e, j = divmod(k, N // B)`.
+`numpy.random.Generator(numpy.random.PCG64(seed + e)).shuffle`, the first epoch being e = 0 for ai2-olmo
+(olmo/data/iterable_dataset.py `_build_global_indices`) and e = 1 for OLMo-core
+(olmo_core/data/data_loader.py `NumpyFSLDataLoader._build_global_indices`; `Trainer.epoch` starts at 1):
+`FIRST_EPOCH`. Global batches take consecutive slices of it: with a fixed global batch size B and
+drop_last, batch k is `perm_e[j*B:(j+1)*B]` where `e, j = divmod(k, N // B)` (e counted from 0 here).
 
 At the end of an epoch, with `drop_last` (OLMo's default) the instances too few to fill the next batch are
 skipped and the next epoch starts a fresh permutation; OLMo reaches the same batches by truncating the
@@ -42,6 +45,10 @@ def _warmup_size(tokens_seen: int, global_batch_size: int, warmup: BatchSizeWarm
     if doublings >= 63:
         return global_batch_size
     return min(global_batch_size, warmup.start_instances << doublings)
+
+
+# The epoch number each trainer gives its first epoch (`DataSpec.order`).
+FIRST_EPOCH = {"olmo": 0, "olmo_core": 1}
 
 
 def epoch_permutation(num_instances: int, seed: int, epoch: int) -> np.ndarray:
@@ -173,9 +180,10 @@ class BatchPlan:
 class GlobalOrder:
     """Instance indices of any global batch: the plan's slices of (cached) epoch permutations."""
 
-    def __init__(self, plan: BatchPlan, seed: int, cache_epochs: int = 2) -> None:
+    def __init__(self, plan: BatchPlan, seed: int, cache_epochs: int = 2, order: str = "olmo") -> None:
         self.plan = plan
         self.seed = seed
+        self.first_epoch = FIRST_EPOCH[order]  # our epochs count from 0; the trainer's from this
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_epochs = cache_epochs
         self._lock = threading.Lock()
@@ -186,7 +194,7 @@ class GlobalOrder:
             if epoch in self._cache:
                 self._cache.move_to_end(epoch)
                 return self._cache[epoch]
-            perm = epoch_permutation(self.plan.num_instances, self.seed, epoch)
+            perm = epoch_permutation(self.plan.num_instances, self.seed, self.first_epoch + epoch)
             self._cache[epoch] = perm
             while len(self._cache) > self._cache_epochs:
                 self._cache.popitem(last=False)

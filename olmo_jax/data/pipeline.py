@@ -64,11 +64,14 @@ class HostBatch:
 class DataPipeline:
     """Instances, plan and order of one `DataSpec`; `batch(cursor, rows)` materialises a host's part of a batch."""
 
-    def __init__(self, source: InstanceSource, plan: BatchPlan, seed: int, tokenizer: Tokenizer | None) -> None:
+    def __init__(
+        self, source: InstanceSource, plan: BatchPlan, seed: int, tokenizer: Tokenizer | None, order: str = "olmo"
+    ) -> None:
         self.source = source
         self.plan = plan
         self.seed = seed
-        self.order = GlobalOrder(plan, seed)
+        self.order_name = order
+        self.order = GlobalOrder(plan, seed, order=order)
         self.tokenizer = tokenizer
 
     @property
@@ -100,6 +103,7 @@ class DataPipeline:
             "format": STATE_FORMAT,
             **cursor.to_dict(),
             "seed": self.seed,
+            "order": self.order_name,
             "instances_per_epoch": self.instances_per_epoch,
             "source": self.source.identity,
         }
@@ -110,13 +114,15 @@ class DataPipeline:
             raise ConfigError(f"loader state has format {state.get('format')!r}, expected {STATE_FORMAT!r}")
         for key, current in (
             ("seed", self.seed),
+            ("order", self.order_name),
             ("instances_per_epoch", self.instances_per_epoch),
             ("source", self.source.identity),
         ):
-            if state.get(key) != current:
+            if state.get(key, "olmo" if key == "order" else None) != current:  # states before `order`: olmo
                 raise ConfigError(
                     f"loader state was saved with {key}={state.get(key)!r} but the data now gives {current!r}; "
-                    "resuming would not continue the same order (check data.paths, data.seed, sequence length)"
+                    "resuming would not continue the same order (check data.paths, data.seed, data.order, sequence "
+                    "length)"
                 )
         try:
             return Cursor(**{k: int(state[k]) for k in ("step", "epoch", "position", "instances_consumed")})
@@ -178,4 +184,4 @@ def build_pipeline(spec: DataSpec) -> DataPipeline:
         warmup=spec.batch_size_warmup,
         drop_last=spec.drop_last,
     )
-    return DataPipeline(source, plan, spec.seed, tokenizer)
+    return DataPipeline(source, plan, spec.seed, tokenizer, spec.order)

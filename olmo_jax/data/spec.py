@@ -32,6 +32,7 @@ class DataSpec:
     sources: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None  # of the token files; None: uint16 when the vocabulary fits, else uint32
     drop_last: bool = True
+    order: str = "olmo"  # `DataConfig.order`: whose epoch numbering seeds the shuffle
     batch_size_warmup: BatchSizeWarmup | None = None
     tokenizer: str | None = None  # identifier for `olmo_jax.data.tokenizer.load_tokenizer`
     builtin_corpus: bool = True  # use the built-in corpus when neither paths nor sources are given
