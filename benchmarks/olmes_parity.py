@@ -17,7 +17,7 @@ runs any).
     python benchmarks/olmes_parity.py [--limit 10] [--mmlu_limit 1] [--out parity.json]
 
 Needs `../shared/data` (or --olmes_dir and --tokenizer) and the peer's Python: --peer_python, else
-$OLMO_EVAL_PYTHON, else /work/venvs/olmo-eval/bin/python (see olmes_peer.py for how it is made).
+$OLMO_EVAL_PYTHON, else .venvs/olmo-eval/bin/python under the repository (see olmes_peer.py for how it is made).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
-DEFAULT_PEER_PYTHON = "/work/venvs/olmo-eval/bin/python"
+DEFAULT_PEER_PYTHON = str(Path(__file__).resolve().parents[1] / ".venvs" / "olmo-eval" / "bin" / "python")
 LL_TOLERANCE = 1e-3  # nats per request: float32 logits on both sides, different kernels
 BPB_TOLERANCE = 1e-4  # bits per byte, a mean of such differences over a few bytes each
 MAX_LENGTH = 2048

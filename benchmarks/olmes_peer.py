@@ -3,8 +3,8 @@
 Runs in its own virtualenv, which has `ai2-olmo-eval` (with its pins), transformers and torch, and never
 imports olmo_jax:
 
-    python3 -m venv /work/venvs/olmo-eval
-    /work/venvs/olmo-eval/bin/pip install torch ai2-olmo-eval transformers "datasets<4" "tokenizers<0.23" "pyarrow<20"
+    python3 -m venv .venvs/olmo-eval
+    .venvs/olmo-eval/bin/pip install torch ai2-olmo-eval transformers "datasets<4" "tokenizers<0.23" "pyarrow<20"
 
 Two commands:
 - `make-model DIR --tokenizer FILE --eos_token_id N --pad_token_id N`: a tiny random `OlmoForCausalLM`

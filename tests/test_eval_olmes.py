@@ -473,7 +473,7 @@ def test_in_loop_names_and_the_engine(shipped, tmp_path):
 # Against ai2-olmo-eval itself (slow; needs its virtualenv).
 # --------------------------------------------------------------------------------------------------
 
-PEER_PYTHON = os.environ.get("OLMO_EVAL_PYTHON", "/work/venvs/olmo-eval/bin/python")
+PEER_PYTHON = os.environ.get("OLMO_EVAL_PYTHON", str(REPO / ".venvs" / "olmo-eval" / "bin" / "python"))
 
 
 @pytest.mark.slow
