@@ -22,7 +22,7 @@ from test_checkpoint import _random_state, checkpointer_for, save_state, small_s
 
 import olmo_jax.checkpoint
 import olmo_jax.loop
-from olmo_jax.checkpoint import restore_latest, restore_params
+from olmo_jax.checkpoint import all_finite, first_nonfinite, restore_latest, restore_params
 from olmo_jax.errors import CheckpointReadError, CheckpointSaveError, NonFiniteStateError, RunLockedError
 from olmo_jax.loop import fit
 from olmo_jax.run_lock import RunLock
@@ -233,3 +233,18 @@ def test_a_second_trainer_on_a_run_directory_exits_2_naming_the_first_and_change
     with RunLock(run_dir):
         with pytest.raises(RunLockedError, match=r"pid \d+ on host"):
             RunLock(run_dir).__enter__()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_finiteness_check_finds_any_nan_or_inf_and_passes_large_finite_values(dtype):
+    for bad in (np.nan, np.inf, -np.inf):
+        for position in (0, 517, 1023):
+            values = np.ones((4, 256), np.float32)
+            values.flat[position] = bad
+            assert not bool(all_finite(jax.numpy.asarray(values, dtype))), (bad, position)
+    # The largest finite values of both signs are finite (a max - min or a sum would overflow).
+    big = float(jax.numpy.finfo(dtype).max)
+    assert bool(all_finite(jax.numpy.asarray([big, -big, 0.0], dtype)))
+    assert bool(all_finite(jax.numpy.zeros((0, 3), dtype)))
+    tree = {"params": {"a": np.ones(3, np.float32), "b": np.array([1.0, np.nan], np.float32)}, "n": np.arange(3)}
+    assert first_nonfinite(tree) == "params/b"
