@@ -24,16 +24,16 @@ in-loop signal) and `<task>_gen` for the generative tasks (`olmo_jax.eval.genera
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
-import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from olmo_jax.errors import EvalError
+from olmo_jax.jsonl import iter_records
 
 TASKS_FOLDER = "oe_eval_tasks"
 REQUEST_FILES = ("requests.jsonl.gz", "requests.jsonl")
@@ -140,20 +140,9 @@ def list_request_sets(root: str | Path) -> list[tuple[str, str]]:
     return found
 
 
-def _read_lines(path: Path):
+def _read_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object) for each non-blank line; unreadable files are one-line errors."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EvalError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # bad gzip, truncated, not UTF-8
-        raise EvalError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    return iter_records(path, error=EvalError)
 
 
 def _field(record: Any, path: Path, number: int, *keys: str, kind: type) -> Any:
