@@ -376,13 +376,11 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 
 def all_finite(array: jax.Array) -> jax.Array:
-    """Whether `array` holds no NaN or Inf, as a traced bool: XLA's max and min propagate NaN, +Inf shows as the
-    max and -Inf as the min, so both are finite exactly when every element is. On XLA's CPU backend this runs
-    ~1.7x faster than `isfinite(sum(x * 0))` and ~7x faster than `all(isfinite(x))` (booleans reduce slowly)."""
-    if array.size == 0:
-        return jnp.bool_(True)
-    flat = array.reshape(-1)
-    return jnp.isfinite(jnp.max(flat)) & jnp.isfinite(jnp.min(flat))
+    """Whether `array` holds no NaN or Inf, as a traced bool: 0 * x is 0 for finite x and NaN otherwise, so the
+    sum is 0 exactly when every element is finite (and cannot overflow). About 4x faster than
+    `all(isfinite(x))` on XLA's CPU backend, which reduces booleans slowly. Not max/min: ~2x faster still, but
+    XLA's vectorised CPU reductions drop NaNs (tests/test_faults.py checks large arrays for that)."""
+    return jnp.isfinite(jnp.sum(array * 0))
 
 
 @jax.jit

@@ -237,12 +237,15 @@ def test_a_second_trainer_on_a_run_directory_exits_2_naming_the_first_and_change
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_the_finiteness_check_finds_any_nan_or_inf_and_passes_large_finite_values(dtype):
-    for bad in (np.nan, np.inf, -np.inf):
-        for position in (0, 517, 1023):
-            values = np.ones((4, 256), np.float32)
-            values.flat[position] = bad
-            assert not bool(all_finite(jax.numpy.asarray(values, dtype))), (bad, position)
-    # The largest finite values of both signs are finite (a max - min or a sum would overflow).
+    # Large arrays too: XLA's vectorised CPU max/min reductions lose NaNs there (a check built on them passes
+    # the small case and misses every one of these).
+    for shape in ((4, 256), (2048, 4096)):
+        for bad in (np.nan, np.inf, -np.inf):
+            for position in (0, 517, int(np.prod(shape)) // 3, int(np.prod(shape)) - 1):
+                values = np.ones(shape, np.float32)
+                values.flat[position] = bad
+                assert not bool(all_finite(jax.numpy.asarray(values, dtype))), (shape, bad, position)
+    # The largest finite values of both signs are finite (nothing overflows).
     big = float(jax.numpy.finfo(dtype).max)
     assert bool(all_finite(jax.numpy.asarray([big, -big, 0.0], dtype)))
     assert bool(all_finite(jax.numpy.zeros((0, 3), dtype)))
