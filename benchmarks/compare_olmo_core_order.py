@@ -103,10 +103,8 @@ def main() -> int:
             a["index"] != b["index"] for a, b in zip((b for e in olmo_order for b in e), flat_theirs, strict=False)
         ),
     }
-    ok = report["instances"]["olmo_jax"] == report["instances"]["olmo_core"] and report["equal_batches"] == len(
-        flat_theirs
-    ) == len(flat_ours)
-    report["ok"] = ok
+    same_size = instances == theirs["instances"] and len(flat_ours) == len(flat_theirs)
+    ok = report["ok"] = same_size and report["equal_batches"] == len(flat_theirs)
     print(
         f"{EPOCHS} epochs of batches of {BATCH} x {SEQ} tokens over {instances} instances in {len(INSTANCES)} files: "
         f"{report['equal_batches']}/{len(flat_theirs)} batches equal (indices and tokens) with data.order=olmo_core; "

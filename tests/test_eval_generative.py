@@ -17,7 +17,6 @@ from olmo_jax.errors import EvalError
 from olmo_jax.eval.evaluator import Evaluator
 from olmo_jax.eval.generative import (
     answer_metrics,
-    cut_at_stop,
     final_number,
     gold_answers,
     prepare_generative,
@@ -25,6 +24,7 @@ from olmo_jax.eval.generative import (
     token_f1,
 )
 from olmo_jax.eval.tasks import TASKS, resolve_tasks
+from olmo_jax.generate.decoding import cut_at_stop
 from olmo_jax.model import OLMo
 
 GSM8K_IGNORE = [",", "\\$", "(?s).*#### ", "\\.$"]  # gsm8k/gold_bpb_5shot's metric_kwargs
@@ -53,8 +53,8 @@ def test_squad_f1_and_exact_match_normalise_case_punctuation_and_articles():
 
 
 def test_completions_are_cut_at_the_first_stop_sequence():
-    assert cut_at_stop(" 42\n\nQuestion: next", ["Question:", "\n\n"]) == " 42"
-    assert cut_at_stop(" 42", ["\n\n"]) == " 42"
+    assert cut_at_stop(" 42\n\nQuestion: next", ["Question:", "\n\n"]) == (" 42", "\n\n")
+    assert cut_at_stop(" 42", ["\n\n"]) == (" 42", None)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any
 from olmo_jax.errors import EvalError
 from olmo_jax.eval.downstream import TaskResult, TokenCache, Tokenizer
 from olmo_jax.eval.olmes import Instance, OlmesTask, read_request_set
+from olmo_jax.generate.decoding import cut_at_stop
 
 # Completions of token prompts: (prompts, max_new_tokens, stop strings) -> new tokens per prompt.
 Complete = Callable[[list[list[int]], int, Sequence[str]], list[list[int]]]
@@ -92,12 +93,6 @@ def prepare_generative(
     primary = "exact_match" if task.task == "gsm8k" else "f1"
     regexes = (config.get("metric_kwargs") or {}).get("regexes_to_ignore", []) if task.task == "gsm8k" else []
     return PreparedGenerativeTask(task, primary, instances, prompts, stops, max_new, regexes, truncated)
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """`text` up to the first occurrence of any stop string."""
-    cut = min((text.index(s) for s in stops if s and s in text), default=len(text))
-    return text[:cut]
 
 
 def final_number(completion: str) -> str:
@@ -164,7 +159,7 @@ def score_generative_task(
     log = [] if save_requests else None
     generated = 0
     for i, instance in enumerate(prepared.instances):
-        text = cut_at_stop(decode(completions[i]), prepared.stop_sequences)
+        text, _ = cut_at_stop(decode(completions[i]), prepared.stop_sequences)
         generated += len(completions[i])
         metrics = answer_metrics(prepared.task.task, text, instance.label, prepared.regexes_to_ignore)
         for name, value in metrics.items():

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from olmo_jax import atomic, cli
-from olmo_jax.generate.decoding import Sampling, generate, stop_strings
+from olmo_jax.generate.decoding import Sampling, cut_at_stop, generate, stop_strings
 from olmo_jax.jsonl import read_string_field
 from olmo_jax.model import DTYPES
 from olmo_jax.pretrained import from_pretrained
@@ -73,15 +73,6 @@ def _run(argv: list[str], prog: str) -> int:
     else:
         sys.stdout.write(lines)
     return 0
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
-    """`text` up to the earliest stop string, and that string (None when none occurs)."""
-    found = [(text.index(s), s) for s in stops if s and s in text]
-    if not found:
-        return text, None
-    at, stop = min(found)
-    return text[:at], stop
 
 
 if __name__ == "__main__":

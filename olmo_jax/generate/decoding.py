@@ -164,13 +164,15 @@ def generate(
             if finished[row]:
                 continue
             for token in new:
-                if token in stops or len(outputs[row]) == sampling.max_new_tokens:
-                    finished[row] = True
+                finished[row] = token in stops
+                if finished[row]:
                     break
                 outputs[row].append(token)
-            finished[row] = finished[row] or len(outputs[row]) == sampling.max_new_tokens
-            if not finished[row] and stop is not None and stop(row, outputs[row]):
-                finished[row] = True
+                finished[row] = len(outputs[row]) == sampling.max_new_tokens
+                if finished[row]:
+                    break
+            if not finished[row] and stop is not None:
+                finished[row] = stop(row, outputs[row])
         if all(finished):
             break
     return outputs
@@ -181,3 +183,12 @@ def stop_strings(decode: Callable[[list[int]], str], stops: Sequence[str]) -> Ca
     if not stops:
         return None
     return lambda row, tokens: any(s in decode(tokens) for s in stops)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
+    """`text` up to the earliest stop string, and that string (None when none occurs)."""
+    found = [(text.index(s), s) for s in stops if s and s in text]
+    if not found:
+        return text, None
+    at, stop = min(found)
+    return text[:at], stop
