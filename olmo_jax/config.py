@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from olmo_jax.adapt.chat import TEMPLATES
 from olmo_jax.data.spec import BatchSizeWarmup, DataSpec
 from olmo_jax.errors import ConfigError
 from olmo_jax.olmo_yaml import is_olmo_yaml, translate_olmo_yaml
@@ -243,6 +244,9 @@ class SchedulerConfig:
     grad_clip_warmup_factor: float | None = None
     # The paper's final anneal: LR goes linearly from the schedule's value to 0 over the last K steps.
     anneal_steps: int = 0
+    # Warmup as a fraction of the run (t_max or its length), rounded up to a whole step or token; replaces
+    # t_warmup (Open-Instruct's and transformers' `warmup_ratio`).
+    warmup_ratio: float | None = None
 
     def validate(self) -> None:
         """The schedule's times, floor and clip warmup. Warmup may not outlast an explicit `t_max`: past
@@ -268,6 +272,13 @@ class SchedulerConfig:
         _positive_int("scheduler.grad_clip_warmup_steps", steps, nullable=True)
         _positive_number("scheduler.grad_clip_warmup_factor", factor, nullable=True)
         _int_at_least("scheduler.anneal_steps", self.anneal_steps, 0)
+        ratio = self.warmup_ratio
+        _require(
+            ratio is None or (_is_number(ratio) and 0 <= ratio < 1),
+            "scheduler.warmup_ratio",
+            ratio,
+            "null or in [0, 1)",
+        )
 
 
 @dataclass
@@ -373,6 +384,33 @@ class EvalConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """Fine-tuning data and losses (`objective: sft | dpo`); see `olmo_jax.adapt`."""
+
+    train_files: list[str] = field(default_factory=list)  # JSON lines: {"messages": [...]} or preference rows
+    chat_template: str = "tulu"  # olmo | tulu (`olmo_jax.adapt.chat`)
+    packing: bool = True  # SFT: several conversations per row, attention kept within each
+    # SFT: `mean` over the global batch's trained tokens (Open-Instruct's default), or their `sum`.
+    loss_reduction: Literal["mean", "sum"] = "mean"
+    dpo_loss: Literal["sigmoid", "dpo_norm", "simpo", "ipo"] = "dpo_norm"
+    beta: float = 5.0  # Tulu 3's for dpo_norm; standard DPO uses ~0.1
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5  # SimPO's target margin γ
+
+    def validate(self) -> None:
+        """A known template, β > 0, label smoothing in [0, 0.5)."""
+        _require(self.chat_template in TEMPLATES, "adapt.chat_template", self.chat_template, " or ".join(TEMPLATES))
+        _positive_number("adapt.beta", self.beta)
+        _require(
+            isinstance(self.label_smoothing, float) and 0.0 <= self.label_smoothing < 0.5,
+            "adapt.label_smoothing",
+            self.label_smoothing,
+            "a number in [0, 0.5)",
+        )
+        _non_negative_number("adapt.simpo_gamma", self.simpo_gamma)
+
+
+@dataclass
 class TrainConfig:
     """A whole run (`olmo.config.TrainConfig` names)."""
 
@@ -386,6 +424,9 @@ class TrainConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     batch_size_warmup: BatchSizeWarmupConfig = field(default_factory=BatchSizeWarmupConfig)
+    # What the run learns: `pretrain` (next-token loss on token files), `sft` or `dpo` (on `adapt`'s data).
+    objective: Literal["pretrain", "sft", "dpo"] = "pretrain"
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     global_train_batch_size: int = 8
     device_train_microbatch_size: int | None = None  # None: the whole per-device batch at once
     max_duration: str = "100"  # steps ("1000"), tokens ("2e12T") or epochs ("1ep")
@@ -431,8 +472,19 @@ class TrainConfig:
             self.mesh,
             self.evaluation,
             self.batch_size_warmup,
+            self.adapt,
         ):
             section.validate()
+        if self.objective != "pretrain":
+            for name, value in (
+                ("loss_chunk_size", self.loss_chunk_size),
+                ("softmax_auxiliary_loss", self.softmax_auxiliary_loss or None),
+                ("batch_size_warmup.enabled", self.batch_size_warmup.enabled or None),
+            ):
+                if value is not None:
+                    raise ConfigError(f"{name} applies to pretraining only; unset it for objective={self.objective}")
+            if not self.adapt.train_files:
+                raise ConfigError(f"objective={self.objective} needs adapt.train_files (JSON-lines files)")
         # jax.random.key takes a signed 64-bit seed; the data order's PCG64 a non-negative one.
         _require(_is_int(self.seed) and 0 <= self.seed < 2**63, "seed", self.seed, "an integer in 0..2**63-1")
         _positive_int("global_train_batch_size", self.global_train_batch_size)
@@ -747,4 +799,8 @@ def data_spec(config: TrainConfig) -> DataSpec:
         builtin_corpus=data.builtin_corpus,
         prefetch=data.prefetch,
         num_workers=data.num_workers,
+        objective=config.objective,
+        chat_files=tuple(config.adapt.train_files) if config.objective != "pretrain" else (),
+        chat_template=config.adapt.chat_template,
+        packing=config.adapt.packing,
     )

@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from olmo_jax import atomic, sharding
+from olmo_jax.adapt.reference import attach_reference_logps, compute_reference_logps
 from olmo_jax.checkpoint import (
     CHECKPOINTS_DIR,
     Checkpointer,
@@ -42,6 +43,7 @@ from olmo_jax.checkpoint import (
 from olmo_jax.config import TrainConfig, data_spec, flatten, to_dict
 from olmo_jax.data.loader import build_train_loader
 from olmo_jax.data.order import batch_size_for
+from olmo_jax.data.pipeline import DataPipeline, build_pipeline
 from olmo_jax.errors import ConfigError, NonFiniteLossError, NonFiniteStateError
 from olmo_jax.eval.evaluator import evaluate_in_loop
 from olmo_jax.model import flops_per_token, num_params
@@ -147,7 +149,8 @@ class Steps:
         self.lr = learning_rate(update, self.tokens_seen, peak, scheduler, self.total_steps, self.total_tokens)
         clip = grad_clip_limit(update, tokens_before, config.max_grad_norm, scheduler)
         step = self._step_for(batch.input_ids.shape[0])
-        state, metrics = step(state, batch.input_ids, self.lr, 0.0 if clip is None else clip)
+        inputs = {"input_ids": batch.input_ids, **batch.fields} if batch.fields else batch.input_ids
+        state, metrics = step(state, inputs, self.lr, 0.0 if clip is None else clip)
         if self.synchronous:
             jax.block_until_ready(metrics)
         return state, metrics
@@ -209,7 +212,7 @@ def _record(
     """One logged step: its losses and gradient norm, learning rate, throughput since the previous log line
     (`step_time` is seconds per step), tokens seen, batch size, skipped steps so far and the data's fingerprint."""
     return {
-        **{key: host[key] for key in ("loss", "ce_loss", "z_loss", "grad_norm")},
+        **{key: value for key, value in host.items() if key not in ("finite", "state_finite")},
         "lr": steps.lr,
         **throughput,
         "tokens_seen": steps.tokens_seen,
@@ -343,14 +346,19 @@ def _start(
         load_weights_only=config.load_weights_only,
     )
     data = data_spec(config)
-    loader = build_train_loader(data, mesh, start_state=start.data_state if start is not None else None)
+    state = init_state(setup, config.seed) if start is None else state_from_checkpoint(setup, start)
+    pipeline = build_pipeline(data)
+    if config.objective == "dpo":
+        _attach_dpo_reference(config, run_dir, setup, state, pipeline)
+    loader = build_train_loader(
+        data, mesh, start_state=start.data_state if start is not None else None, pipeline=pipeline
+    )
     cleanup.callback(loader.close)
     steps = total_steps(config, loader.instances_per_epoch, lambda tokens: batch_size_for(data, tokens))
     tokenizer_identity = loader.tokenizer.identity if loader.tokenizer is not None else None
     checkpointer = cleanup.enter_context(
         Checkpointer(checkpoint_spec(config, run_dir), to_dict(config), tokenizer_identity=tokenizer_identity)
     )
-    state = init_state(setup, config.seed) if start is None else state_from_checkpoint(setup, start)
     start_step = int(state.step)
     writer = None
     if jax.process_index() == 0:
@@ -391,6 +399,22 @@ def _start(
         nonfinite_at_start=int(state.nonfinite_steps),
     )
     return run, state
+
+
+def _attach_dpo_reference(
+    config: TrainConfig, run_dir: Path, setup: TrainSetup, state: TrainState, pipeline: DataPipeline
+) -> None:
+    """The reference log-probs of every preference pair, computed with the starting weights (see
+    `olmo_jax.adapt.reference`)."""
+
+    def compute():
+        print("olmo_jax: dpo: scoring every pair with the starting weights (the reference model)", flush=True)
+        return compute_reference_logps(
+            setup.graphdef, state.params, pipeline.source, config.global_train_batch_size, setup.batch_sharding
+        )
+
+    key = f"load_path={config.load_path}|seed={config.seed}"
+    attach_reference_logps(run_dir, key, pipeline.source, compute, may_compute=int(state.step) == 0)
 
 
 def write_config(config: TrainConfig, run_dir: Path) -> None:

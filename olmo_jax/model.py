@@ -212,6 +212,29 @@ class Decoding(NamedTuple):
         return seen if window is None else seen & (keys > queries - window)
 
 
+class Packing(NamedTuple):
+    """Several documents per row (packed fine-tuning data): `segment_ids` [B, T] number each row's documents
+    (0: padding). A token attends only to earlier tokens of its own document, and RoPE positions restart at
+    each document's first token, so a packed row computes what each document alone would."""
+
+    segment_ids: jax.Array
+
+    def positions(self) -> jax.Array:
+        """[B, T]: each token's position within its own document."""
+        index = jnp.arange(self.segment_ids.shape[1], dtype=jnp.int32)
+        first = jnp.concatenate(
+            [jnp.ones_like(self.segment_ids[:, :1], bool), self.segment_ids[:, 1:] != self.segment_ids[:, :-1]], axis=1
+        )
+        return index - jax.lax.cummax(jnp.where(first, index, 0), axis=1)
+
+    def mask(self, window: int | None) -> jax.Array:
+        """[B, 1, T, T]: causal within a document (and within `window`)."""
+        index = jnp.arange(self.segment_ids.shape[1])
+        keys, queries = index[None, None, None, :], index[None, None, :, None]
+        seen = (keys <= queries) & (self.segment_ids[:, None, :, None] == self.segment_ids[:, None, None, :])
+        return seen if window is None else seen & (keys > queries - window)
+
+
 def attention(
     h: jax.Array,
     w: BlockWeights,
@@ -219,12 +242,13 @@ def attention(
     window: int | None,
     config: ModelConfig,
     kv_cache: tuple[jax.Array, jax.Array] | None = None,
-    decoding: Decoding | None = None,
+    decoding: Decoding | Packing | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Causal self-attention of h [B, T, d_model]; `window` (static) limits each query to its last keys.
 
     With `kv_cache` (k, v [B, S, kv_heads, head_dim]) and `decoding`, the new keys and values are written
-    into the cache and the queries attend over it; returns (output, the updated cache or None)."""
+    into the cache and the queries attend over it; returns (output, the updated cache or None). With
+    `Packing`, attention stays within each document (XLA's masked attention: the mask is arbitrary)."""
     dtype = h.dtype
     if w.att_proj is not None:
         qkv = jnp.einsum("btd,dkhe->btkhe", h, w.att_proj.astype(dtype))
@@ -250,11 +274,13 @@ def attention(
             implementation=attention_implementation(config, dtype),
         )
     else:
-        kv_cache = tuple(
-            jax.lax.dynamic_update_slice_in_dim(cached, new.astype(cached.dtype), decoding.index, axis=1)
-            for cached, new in zip(kv_cache, (k, v), strict=True)
-        )
-        attended = jax.nn.dot_product_attention(q, *kv_cache, mask=decoding.mask(window), implementation="xla")
+        if kv_cache is not None:
+            kv_cache = tuple(
+                jax.lax.dynamic_update_slice_in_dim(cached, new.astype(cached.dtype), decoding.index, axis=1)
+                for cached, new in zip(kv_cache, (k, v), strict=True)
+            )
+            k, v = kv_cache
+        attended = jax.nn.dot_product_attention(q, k, v, mask=decoding.mask(window), implementation="xla")
     return jnp.einsum("bthe,hed->btd", attended, w.attn_out.astype(dtype)), kv_cache
 
 
@@ -272,7 +298,7 @@ def block(
     window: int | None,
     config: ModelConfig,
     kv_cache: tuple[jax.Array, jax.Array] | None = None,
-    decoding: Decoding | None = None,
+    decoding: Decoding | Packing | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """One OLMo block on x [B, T, d_model] in the compute dtype, in the config's block order; returns it and
     the layer's updated key/value cache (None unless decoding)."""
@@ -337,11 +363,14 @@ class OLMo(nnx.Module):
         """Every layer's weights, stacked on the leading `layers` axis."""
         return BlockWeights(**{name: getattr(self, name)[...] for name in BlockWeights._fields if hasattr(self, name)})
 
-    def hidden_states(self, tokens: jax.Array) -> jax.Array:
-        """Final-normed hidden states [B, T, d_model] in the compute dtype."""
+    def hidden_states(self, tokens: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+        """Final-normed hidden states [B, T, d_model] in the compute dtype (`segment_ids`: see `Packing`)."""
         seq_len = tokens.shape[1]
         ropes = {scaled: rope_tables(seq_len, self.config, scaled) for scaled in (False, True)}
-        hidden, _ = self._layers(self._embed(tokens), ropes)
+        packing = None if segment_ids is None else Packing(segment_ids)
+        if packing is not None:
+            ropes = {scaled: tuple(t[packing.positions()] for t in tables) for scaled, tables in ropes.items()}
+        hidden, _ = self._layers(self._embed(tokens), ropes, decoding=packing)
         return hidden
 
     def decode(self, tokens: jax.Array, cache: KVCache, decoding: Decoding) -> tuple[jax.Array, KVCache]:
@@ -364,7 +393,7 @@ class OLMo(nnx.Module):
         x: jax.Array,
         ropes: dict[bool, tuple[jax.Array, jax.Array]],
         cache: KVCache | None = None,
-        decoding: Decoding | None = None,
+        decoding: Decoding | Packing | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Every block, then the final norm; (hidden states, the updated cache or None).
 
@@ -425,8 +454,8 @@ class OLMo(nnx.Module):
         head = self.head_weight().astype(hidden.dtype)
         return jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        return self.logits(self.hidden_states(tokens))
+    def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+        return self.logits(self.hidden_states(tokens, segment_ids))
 
 
 def abstract_model(config: ModelConfig) -> OLMo:

@@ -136,6 +136,8 @@ class Progress:
         eta = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")
         parts = [f"step {step}/{self.total_steps}", f"loss {metrics['loss']:.4f}", f"lr {metrics['lr']:.2e}"]
         parts.append(f"gnorm {metrics['grad_norm']:.3f}")
+        if "reward_accuracy" in metrics:  # DPO
+            parts.append(f"reward acc {metrics['reward_accuracy']:.2f} margin {metrics['reward_margin']:.3f}")
         parts.append(f"{metrics['tokens_per_second'] / 1e3:.1f}k tok/s")
         if metrics.get("mfu") is not None:
             parts.append(f"MFU {100 * metrics['mfu']:.1f}%")

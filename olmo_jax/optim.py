@@ -99,14 +99,15 @@ def lr_at(t: float, peak: float, scheduler: SchedulerConfig, t_max: float) -> fl
         t_max = scheduler.t_max
     if scheduler.name == "constant":
         return peak
-    if t < scheduler.t_warmup:
-        return _warmup(peak, t, scheduler.t_warmup, scheduler.warmup_min_lr)
+    t_warmup = scheduler.t_warmup if scheduler.warmup_ratio is None else math.ceil(scheduler.warmup_ratio * t_max)
+    if t < t_warmup:
+        return _warmup(peak, t, t_warmup, scheduler.warmup_min_lr)
     if scheduler.name == "constant_with_warmup":
         return peak
     floor = peak * scheduler.alpha_f
     if t >= t_max:
         return floor
-    progress = (t - scheduler.t_warmup) / (t_max - scheduler.t_warmup)
+    progress = (t - t_warmup) / (t_max - t_warmup)
     if scheduler.name == "linear_with_warmup":
         return peak - (peak - floor) * progress
     if scheduler.name == "cosine_with_warmup":

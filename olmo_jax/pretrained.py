@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from olmo_jax.adapt.chat import JINJA_TEMPLATES
 from olmo_jax.checkpoint import CheckpointError, read_config, resolve_checkpoint, restore_params
 from olmo_jax.config import ModelConfig
 from olmo_jax.convert.hf import import_hf
@@ -35,6 +37,7 @@ class Pretrained:
     config: ModelConfig
     model: OLMo
     tokenizer_identifier: str | None  # for olmo_jax.data.tokenizer.load_tokenizer; None when unknown
+    chat_template: str | None = None  # the template it was fine-tuned with (`olmo_jax.adapt.chat`), if known
 
     def __call__(self, tokens: Any) -> jax.Array:
         tokens = jnp.asarray(tokens)
@@ -105,11 +108,22 @@ def from_pretrained(path: str | Path, *, compute_dtype: str | None = None) -> Pr
         vocab_size = tokenizer_vocab_size(tokenizer_file) if tokenizer_file else None
         config, params = import_hf(path, vocab_size=vocab_size)
         identifier = str(tokenizer_file.absolute()) if tokenizer_file else None
+        template = _hf_chat_template(path)
     else:
         step_dir = resolve_checkpoint(path)
         train_config = read_config(step_dir)
         config, identifier = train_config.model, train_config.tokenizer.identifier
+        template = train_config.adapt.chat_template if train_config.objective != "pretrain" else None
         params = restore_params(step_dir)
     if compute_dtype is not None:
         config.compute_dtype = compute_dtype
-    return Pretrained(config=config, model=build_model(config, params), tokenizer_identifier=identifier)
+    return Pretrained(config, build_model(config, params), identifier, template)
+
+
+def _hf_chat_template(hf_dir: Path) -> str | None:
+    """The name of the HF directory's chat template when it is one of ours (`olmo_jax.adapt.chat`)."""
+    try:
+        source = json.loads((hf_dir / "tokenizer_config.json").read_text()).get("chat_template")
+    except (OSError, ValueError):
+        return None
+    return next((name for name, text in JINJA_TEMPLATES.items() if text == source), None)

@@ -1,6 +1,6 @@
 """Train state, the jitted train step, the run's length and the dry run (`olmo_jax.loop` runs the steps).
 
-The train step is a pure function `(state, tokens, lr, clip) -> (state, metrics)` that `jax.jit` wraps
+The train step is a pure function `(state, batch, lr, clip) -> (state, metrics)` that `jax.jit` wraps
 with explicit shardings (ZeRO-3: parameters, gradients and optimizer state sharded over `fsdp`) and
 donation of the old state. Gradient accumulation over micro-batches happens inside it, so
 `global_train_batch_size` does not depend on device memory. Nothing here reads data, writes metrics or
@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from olmo_jax import sharding
+from olmo_jax.adapt.losses import dpo_loss, sft_loss, trained_labels
 from olmo_jax.checkpoint import all_finite
 from olmo_jax.config import TrainConfig, parse_duration
 from olmo_jax.errors import ConfigError
@@ -124,45 +125,61 @@ def abstract_state(setup: TrainSetup) -> TrainState:
     )
 
 
-def train_step(
-    setup: TrainSetup, state: TrainState, tokens: jax.Array, lr: jax.Array, clip: jax.Array
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on a global batch `tokens` [B, T] (pure; `jax.jit` adds shardings)."""
+def objective_loss(setup: TrainSetup, batch: dict[str, jax.Array]):
+    """`loss(params, micro_batch) -> (loss, metrics)` of the run's objective, each term already divided by its
+    global-batch denominator so that summing over micro-batches gives the batch's value."""
     config = setup.config
+    batch_size, seq = batch["input_ids"].shape
+    if config.objective == "sft":
+        # `mean`: over the global batch's trained tokens, however they split into micro-batches and rows.
+        denominator = jnp.maximum(trained_labels(batch), 1) if config.adapt.loss_reduction == "mean" else 1.0
+        return lambda params, micro: sft_loss(setup.graphdef, params, micro, denominator)
+    if config.objective == "dpo":
+        return lambda params, micro: dpo_loss(setup.graphdef, params, micro, batch_size, config.adapt)
     z_weight = config.auxiliary_loss_multiplier if config.softmax_auxiliary_loss else 0.0
-    batch, seq = tokens.shape
     # OLMo divides the summed losses by input_ids.numel() = B x T (olmo/train.py, `Trainer.train_batch`),
     # although only B x (T-1) positions have a label.
-    denominator = batch * seq
+    denominator = batch_size * seq
+
+    def pretrain(params, micro):
+        ce, z = loss_terms(setup.graphdef, params, micro["input_ids"], denominator, chunk=config.loss_chunk_size)
+        return ce + z_weight * z, {"ce_loss": ce, "z_loss": z}
+
+    return pretrain
+
+
+def train_step(
+    setup: TrainSetup, state: TrainState, batch: jax.Array | dict[str, jax.Array], lr: jax.Array, clip: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on a global batch (pure; `jax.jit` adds shardings): token ids [B, T], or for
+    fine-tuning a dict of `input_ids` and the rows' other fields (`olmo_jax.adapt.data`)."""
+    batch = batch if isinstance(batch, dict) else {"input_ids": batch}
     n_micro = setup.micro_batches
-
-    def loss(params, micro_tokens):
-        ce, z = loss_terms(setup.graphdef, params, micro_tokens, denominator, chunk=config.loss_chunk_size)
-        return ce + z_weight * z, (ce, z)
-
-    grad_fn = jax.value_and_grad(loss, has_aux=True)
+    grad_fn = jax.value_and_grad(objective_loss(setup, batch), has_aux=True)
     if n_micro == 1:
-        (_, (ce, z)), grads = grad_fn(state.params, tokens)
+        (loss, terms), grads = grad_fn(state.params, batch)
     else:
         # Micro-batch i takes rows i, i+n, i+2n, ...: every device keeps working on its own rows,
         # so splitting needs no communication.
-        micro = tokens.reshape(batch // n_micro, n_micro, seq).swapaxes(0, 1)
-        micro = jax.lax.with_sharding_constraint(
-            micro, NamedSharding(setup.mesh, PartitionSpec(None, sharding.BATCH_AXES, None))
-        )
+        def split(rows: jax.Array) -> jax.Array:
+            micro = rows.reshape(rows.shape[0] // n_micro, n_micro, *rows.shape[1:]).swapaxes(0, 1)
+            spec = PartitionSpec(None, sharding.BATCH_AXES, *([None] * (rows.ndim - 1)))
+            return jax.lax.with_sharding_constraint(micro, NamedSharding(setup.mesh, spec))
 
-        def accumulate(carry, micro_tokens):
-            grads_sum, ce_sum, z_sum = carry
-            (_, (ce, z)), grads = grad_fn(state.params, micro_tokens)
+        def accumulate(carry, micro):
+            grads_sum, sums = carry
+            (loss, terms), grads = grad_fn(state.params, micro)
             grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-            return (grads_sum, ce_sum + ce, z_sum + z), None
+            return (grads_sum, jax.tree.map(jnp.add, sums, (loss, terms))), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         zeros = jax.lax.with_sharding_constraint(zeros, setup.state_shardings.params)
-        (grads, ce, z), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), micro)
+        first = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda a: a[: a.shape[0] // n_micro], batch))[0]
+        no_sums = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first)
+        (grads, (loss, terms)), _ = jax.lax.scan(accumulate, (zeros, no_sums), jax.tree.map(split, batch))
 
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(ce) & jnp.isfinite(z) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     opt_state = set_hyperparams(state.opt_state, lr, clip)
     updates, new_opt_state = setup.optimizer.update(grads, opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
@@ -183,9 +200,8 @@ def train_step(
         nonfinite_steps=state.nonfinite_steps + (~finite & state_finite).astype(jnp.int32),
     )
     metrics = {
-        "loss": ce + z_weight * z,
-        "ce_loss": ce,
-        "z_loss": z,
+        "loss": loss,
+        **terms,
         "grad_norm": grad_norm,
         "finite": finite,
         "state_finite": state_finite,
@@ -197,7 +213,7 @@ def jit_train_step(setup: TrainSetup):
     """`train_step` under `jax.jit` with explicit shardings; the old state is donated."""
     replicated = sharding.replicated(setup.mesh)
     return jax.jit(
-        lambda state, tokens, lr, clip: train_step(setup, state, tokens, lr, clip),
+        lambda state, batch, lr, clip: train_step(setup, state, batch, lr, clip),
         in_shardings=(setup.state_shardings, setup.batch_sharding, replicated, replicated),
         out_shardings=(setup.state_shardings, replicated),
         donate_argnums=(0,),
@@ -250,12 +266,19 @@ def dry_run(config: TrainConfig, mesh: jax.sharding.Mesh) -> dict[str, Any]:
     """Lower and compile the train step from abstract shapes; report parameters, FLOPs and memory."""
     setup = build(config, mesh)
     state = abstract_state(setup)
-    tokens = jax.ShapeDtypeStruct(
-        (config.global_train_batch_size, config.sequence_length), jnp.int32, sharding=setup.batch_sharding
-    )
+    rows = config.global_train_batch_size
+    shapes = {"input_ids": (config.sequence_length, jnp.int32)}
+    if config.objective != "pretrain":  # the fields of `olmo_jax.adapt.data`'s rows
+        shapes.update(label_mask=(config.sequence_length, jnp.int32), segment_ids=(config.sequence_length, jnp.int32))
+    if config.objective == "dpo":
+        shapes["reference_logps"] = (2, jnp.float32)
+    batch = {
+        name: jax.ShapeDtypeStruct((rows, width), dtype, sharding=setup.batch_sharding)
+        for name, (width, dtype) in shapes.items()
+    }
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.replicated(mesh))
     with jax.set_mesh(mesh):
-        compiled = jit_train_step(setup).lower(state, tokens, scalar, scalar).compile()
+        compiled = jit_train_step(setup).lower(state, batch, scalar, scalar).compile()
     memory = compiled.memory_analysis()
     report = {
         "mesh": dict(mesh.shape),

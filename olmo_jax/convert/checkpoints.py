@@ -47,7 +47,8 @@ def to_hf(
 ) -> list[str]:
     """Convert an olmo_jax checkpoint (run dir → latest step) into an HF OLMo directory `out`.
 
-    `dtype` None keeps the checkpoint's parameter dtype. Copies the run's tokenizer when it names a file.
+    `dtype` None keeps the checkpoint's parameter dtype. Copies the run's tokenizer when it names a file, with
+    the chat template when the run fine-tuned (objective sft or dpo).
     Returns the names of the files written.
     """
     out = Path(out)
@@ -66,7 +67,9 @@ def to_hf(
     with atomic.atomic_directory(out) as tmp:
         files = export_hf(params, config, tmp, dtype=dtype, max_shard_size=max_shard_size, progress=log)
         if tokenizer_file is not None:
-            files += write_hf_tokenizer(tokenizer_file, tmp, config)
+            # A fine-tuned model carries the chat template it was trained with, for `apply_chat_template`.
+            template = train_config.adapt.chat_template if train_config.objective != "pretrain" else None
+            files += write_hf_tokenizer(tokenizer_file, tmp, config, chat_template=template)
     log(f"wrote {out} ({len(files)} files)")
     return files
 

@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from olmo_jax.adapt.chat import JINJA_TEMPLATES
 from olmo_jax.config import ModelConfig
 from olmo_jax.data.tokenizer import resolve_tokenizer_path
 from olmo_jax.data.tokenizer_formats import tokenizer_from_file
@@ -79,8 +80,11 @@ def tokenizer_identity(path: Path) -> str:
     return tokenizer_from_file(str(path)).identity
 
 
-def write_hf_tokenizer(source: Path, out_dir: Path, config: ModelConfig) -> list[str]:
-    """Copy the tokenizer file `source` into `out_dir` for AutoTokenizer; returns the names written."""
+def write_hf_tokenizer(
+    source: Path, out_dir: Path, config: ModelConfig, *, chat_template: str | None = None
+) -> list[str]:
+    """Copy the tokenizer file `source` into `out_dir` for AutoTokenizer, with `chat_template` (a name in
+    `olmo_jax.adapt.chat`) as its Jinja source when given; returns the names written."""
     name = SENTENCEPIECE_NAME if _is_sentencepiece(source) else HF_JSON_NAME
     shutil.copyfile(source, out_dir / name)
     eos, pad = token_strings(source, [config.eos_token_id, config.pad_token_id])
@@ -93,5 +97,9 @@ def write_hf_tokenizer(source: Path, out_dir: Path, config: ModelConfig) -> list
         "add_eos_token": False,
         "model_max_length": config.max_sequence_length,
     }
+    if chat_template is not None:
+        tokenizer_config["chat_template"] = JINJA_TEMPLATES[chat_template]
+        if chat_template == "tulu":  # the template opens with BOS; OLMo's tokenizers use their EOS (as OLMo-2's)
+            tokenizer_config["bos_token"] = eos
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return [name, "tokenizer_config.json"]

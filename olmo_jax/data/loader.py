@@ -11,6 +11,7 @@ threads by Grain (`spec.prefetch` batches ahead, `spec.num_workers` threads). `l
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ class Batch:
     input_ids: jax.Array  # int32 [B, T], sharded over the batch axes of the mesh
     indices: np.ndarray  # the B global instance indices, in row order
     fingerprint: str  # see olmo_jax.data.pipeline: sha256 of the data identity and `indices`
+    fields: dict[str, jax.Array] = dataclasses.field(default_factory=dict)  # fine-tuning rows' other arrays
 
 
 def sharding_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, int]) -> np.ndarray:
@@ -106,8 +108,12 @@ class TrainLoader:
         assert host.cursor == self._cursor, f"prefetched batch {host.cursor} is not the expected {self._cursor}"
         global_shape = (len(host.indices), self.pipeline.seq_len)
         input_ids = jax.make_array_from_process_local_data(self.sharding, host.tokens, global_shape)
+        fields = {
+            name: jax.make_array_from_process_local_data(self.sharding, rows, (global_shape[0], *rows.shape[1:]))
+            for name, rows in host.fields.items()
+        }
         self._cursor = host.next_cursor
-        return Batch(step=host.step, input_ids=input_ids, indices=host.indices, fingerprint=host.fingerprint)
+        return Batch(host.step, input_ids, host.indices, host.fingerprint, fields)
 
     def state(self) -> dict[str, Any]:
         """Where the next batch starts (JSON-serialisable); `build_train_loader(..., start_state=...)` resumes it."""
@@ -119,9 +125,14 @@ class TrainLoader:
 
 
 def build_train_loader(
-    spec: DataSpec, mesh: jax.sharding.Mesh, *, start_state: dict[str, Any] | None = None
+    spec: DataSpec,
+    mesh: jax.sharding.Mesh,
+    *,
+    start_state: dict[str, Any] | None = None,
+    pipeline: DataPipeline | None = None,
 ) -> TrainLoader:
-    """The loader `spec` describes, starting at the beginning or at `start_state` (from `loader.state()`)."""
-    pipeline = build_pipeline(spec)
+    """The loader `spec` describes (over `pipeline` when it is already built), starting at the beginning or at
+    `start_state` (from `loader.state()`)."""
+    pipeline = pipeline or build_pipeline(spec)
     start = pipeline.cursor_from_state(start_state) if start_state is not None else Cursor()
     return TrainLoader(pipeline, mesh, start, prefetch=spec.prefetch, threads=max(1, spec.num_workers))

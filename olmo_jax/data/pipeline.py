@@ -14,14 +14,17 @@ trainer fed (`token_checksum(batch.input_ids, xp=jax.numpy)`) and by inspect fro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from olmo_jax.data.builtin import ensure_builtin_corpus
+from olmo_jax.adapt.data import ConversationSource, PreferenceSource
+from olmo_jax.data.builtin import ensure_builtin_corpus, ensure_builtin_tokenizer
 from olmo_jax.data.order import BatchPlan, Cursor, GlobalOrder
 from olmo_jax.data.source import InstanceSource, build_instance_source, check_tokenizer
 from olmo_jax.data.spec import DataSpec
@@ -59,6 +62,7 @@ class HostBatch:
     fingerprint: str
     cursor: Cursor  # where this batch started
     next_cursor: Cursor  # where the following batch starts
+    fields: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # fine-tuning rows' other arrays
 
 
 class DataPipeline:
@@ -94,8 +98,10 @@ class DataPipeline:
         indices = self.order.indices(cursor)
         rows = np.arange(len(indices)) if rows is None else np.asarray(rows)
         tokens = self.source.read(indices[rows])
+        fields = self.source.read_fields(indices[rows]) if hasattr(self.source, "read_fields") else {}
         fingerprint = batch_fingerprint(self.source.identity, indices)
-        return HostBatch(cursor.step, indices, rows, tokens, fingerprint, cursor, self.plan.next_cursor(cursor))
+        next_cursor = self.plan.next_cursor(cursor)
+        return HostBatch(cursor.step, indices, rows, tokens, fingerprint, cursor, next_cursor, fields)
 
     def state(self, cursor: Cursor) -> dict[str, Any]:
         """A small JSON-serialisable description of `cursor`, restorable with `cursor_from_state`."""
@@ -162,6 +168,8 @@ def _tokenizer_for(spec: DataSpec, builtin_tokenizer: str | None) -> Tokenizer |
 
 def build_pipeline(spec: DataSpec) -> DataPipeline:
     """The data pipeline `spec` describes (building the built-in corpus when it is the one to use)."""
+    if spec.objective != "pretrain":
+        return _chat_pipeline(spec)
     paths, sources = list(spec.paths), dict(spec.sources)
     builtin_tokenizer = None
     if not paths and not sources and spec.builtin_corpus:
@@ -184,4 +192,30 @@ def build_pipeline(spec: DataSpec) -> DataPipeline:
         warmup=spec.batch_size_warmup,
         drop_last=spec.drop_last,
     )
+    return DataPipeline(source, plan, spec.seed, tokenizer, spec.order)
+
+
+def _chat_pipeline(spec: DataSpec) -> DataPipeline:
+    """Fine-tuning rows (`olmo_jax.adapt.data`) in the same order and batches as token-file instances."""
+    builtin = ensure_builtin_tokenizer() if spec.tokenizer in (None, "builtin") else None
+    tokenizer = _tokenizer_for(spec, builtin)
+    if tokenizer is None:
+        raise ConfigError(
+            f"objective={spec.objective} tokenizes chat data, but tokenizer {spec.tokenizer!r} could not be loaded"
+        )
+    if spec.objective == "sft":
+        source = ConversationSource(
+            spec.chat_files, tokenizer, spec.chat_template, spec.sequence_length, packing=spec.packing
+        )
+        what = f"{source.conversations:,} conversations in {len(source):,} rows"
+    else:
+        source = PreferenceSource(spec.chat_files, tokenizer, spec.chat_template, spec.sequence_length)
+        what = f"{len(source):,} preference pairs"
+    print(
+        f"olmo_jax: {spec.objective} data: {what} of {spec.sequence_length} tokens, {100 * source.efficiency:.1f}% "
+        f"of them not padding; {source.skipped} skipped (too long for a row)",
+        file=sys.stderr,
+        flush=True,
+    )
+    plan = BatchPlan(len(source), spec.sequence_length, spec.global_batch_size, warmup=None, drop_last=spec.drop_last)
     return DataPipeline(source, plan, spec.seed, tokenizer, spec.order)

@@ -38,3 +38,7 @@ class DataSpec:
     builtin_corpus: bool = True  # use the built-in corpus when neither paths nor sources are given
     prefetch: int = 2  # host batches prepared ahead in the background (0: none)
     num_workers: int = 0  # threads preparing them (0 means 1)
+    objective: str = "pretrain"  # sft / dpo: instances are rows of `chat_files` (`olmo_jax.adapt.data`)
+    chat_files: tuple[str, ...] = ()
+    chat_template: str = "tulu"
+    packing: bool = True

@@ -18,8 +18,11 @@ import functools
 import hashlib
 import io
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from olmo_jax import atomic
 from olmo_jax.errors import TokenizerError
@@ -49,6 +52,15 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; special tokens are kept where the library can render them."""
+
+    @abc.abstractmethod
+    def token_text(self, token_id: int) -> str:
+        """The written form of one token, e.g. "<|endoftext|>" for OLMo's EOS (what a chat template writes)."""
+
+    @abc.abstractmethod
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """(ids, the character offset in `text` where each token starts) for text that may contain special
+        tokens written out (EOS, PAD), which become their ids as transformers' tokenizers split them."""
 
     @functools.cached_property
     def identity(self) -> str:
@@ -91,6 +103,13 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_text(self, token_id: int) -> str:
+        return self._tok.id_to_token(token_id)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        encoding = self._tok.encode(text, add_special_tokens=False)  # added tokens are split out in any case
+        return encoding.ids, [start for start, _ in encoding.offsets]
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -155,6 +174,30 @@ class SentencePieceTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
+
+    def token_text(self, token_id: int) -> str:
+        return self._sp.id_to_piece(token_id)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        # SentencePiece reads "</s>" as four characters; transformers' tokenizer made from the same model
+        # splits the special tokens out first and encodes the text between them on its own: so do we.
+        specials = {self._sp.id_to_piece(i): i for i in (self.eos_token_id, self.pad_token_id) if i is not None}
+        pattern = "(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")"
+        ids: list[int] = []
+        starts: list[int] = []
+        at = 0
+        for part in re.split(pattern, text):
+            if part in specials:
+                ids.append(specials[part])
+                starts.append(at)
+            elif part:
+                encoded = part.encode()
+                char_at_byte = np.cumsum([0] + [len(c.encode()) for c in part])  # byte offset of each char
+                for piece in self._sp.encode(part, return_type="proto").pieces:
+                    ids.append(piece.id)
+                    starts.append(at + int(np.searchsorted(char_at_byte, min(piece.begin, len(encoded)), "right")) - 1)
+            at += len(part)
+        return ids, starts
 
 
 def _first_known_id(token_to_id, candidates: Sequence[str]) -> int | None:

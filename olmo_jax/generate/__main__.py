@@ -2,6 +2,10 @@
 
 olmo-jax generate --model=runs/tiny --prompt="def main(" --max_new_tokens=64 [--temperature=0.8 --top_p=0.95]
 olmo-jax generate --model=hf_dir --prompts=prompts.jsonl --stop=$'\\n\\n' -o completions.jsonl
+olmo-jax generate --model=runs/sft_tiny --prompt="What is the Python module json for?"   # as a user turn
+
+A model fine-tuned by olmo_jax (or an HF directory carrying one of its chat templates) gets each prompt as
+a user turn of its chat template, answered from `<|assistant|>`; `--chat_template=none` turns that off.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from olmo_jax import atomic, cli
+from olmo_jax.adapt.chat import TEMPLATES, encode_chat
 from olmo_jax.generate.decoding import Sampling, cut_at_stop, generate, stop_strings
 from olmo_jax.jsonl import read_string_field
 from olmo_jax.model import DTYPES
@@ -20,6 +25,12 @@ from olmo_jax.pretrained import from_pretrained
 def read_prompts(path: str) -> list[str]:
     """Prompts from a JSON-lines file: one `{"prompt": "..."}` per line (blank lines skipped)."""
     return read_string_field(path, "prompt", what="prompts")
+
+
+def chat_prompt(tokenizer, prompt: str, template: str) -> list[int]:
+    """`prompt` as a user turn of `template`, ending where the assistant's answer starts."""
+    messages = [{"role": "user", "content": prompt}]
+    return encode_chat(tokenizer, messages, template, add_generation_prompt=True)[0].tolist()
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m olmo_jax.generate") -> int:
@@ -44,6 +55,13 @@ def _run(argv: list[str], prog: str) -> int:
     parser.add_argument("--seed", type=int, default=Sampling.seed, help="sampling seed (same seed, same text)")
     parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable); cut from the output")
     parser.add_argument("--batch_size", type=int, default=8, help="prompts generated together")
+    parser.add_argument(
+        "--chat_template",
+        choices=("auto", "none", *TEMPLATES),
+        default="auto",
+        help="wrap each prompt as a user turn of this chat template; auto (default): the one the model was "
+        "fine-tuned with, none for a pretrained model",
+    )
     parser.add_argument("--compute_dtype", choices=sorted(DTYPES), help=cli.COMPUTE_DTYPE_HELP)
     cli.add_output_argument(parser, "write the JSON lines to this file (atomically) instead of stdout")
     cli.add_debug_argument(parser)
@@ -56,11 +74,16 @@ def _run(argv: list[str], prog: str) -> int:
 
     pretrained = from_pretrained(args.model, compute_dtype=args.compute_dtype)
     tokenizer = pretrained.tokenizer()
+    template = pretrained.chat_template if args.chat_template == "auto" else args.chat_template
     stop = stop_strings(tokenizer.decode, args.stop)
     rows = []
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start : start + args.batch_size]
-        new = generate(pretrained.model, tokenizer.encode_batch(batch), sampling, stop=stop)
+        if template in (None, "none"):
+            encoded = tokenizer.encode_batch(batch)
+        else:
+            encoded = [chat_prompt(tokenizer, prompt, template) for prompt in batch]
+        new = generate(pretrained.model, encoded, sampling, stop=stop)
         for prompt, tokens in zip(batch, new, strict=True):
             text, reason = cut_at_stop(tokenizer.decode(tokens), args.stop)
             if reason is None:
