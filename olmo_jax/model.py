@@ -213,26 +213,37 @@ class Decoding(NamedTuple):
 
 
 class Packing(NamedTuple):
-    """Several documents per row (packed fine-tuning data): `segment_ids` [B, T] number each row's documents
-    (0: padding). A token attends only to earlier tokens of its own document, and RoPE positions restart at
-    each document's first token, so a packed row computes what each document alone would."""
+    """Several sequences in each row, as a tree laid out depth first (see `olmo_jax.eval.scoring`): a token's
+    ancestors (the prefix it continues) come before it and its descendants right after it, so token t sees
+    token s iff s <= t <= ends[s]. A row of whole documents one after another is the tree without branches.
 
-    segment_ids: jax.Array
+    `positions` [B, T] is each token's position in its own sequence (RoPE and windows count from it),
+    `ends` [B, T] the index of its last descendant (its own index for a leaf)."""
 
-    def positions(self) -> jax.Array:
-        """[B, T]: each token's position within its own document."""
-        index = jnp.arange(self.segment_ids.shape[1], dtype=jnp.int32)
-        first = jnp.concatenate(
-            [jnp.ones_like(self.segment_ids[:, :1], bool), self.segment_ids[:, 1:] != self.segment_ids[:, :-1]], axis=1
+    positions: jax.Array
+    ends: jax.Array
+
+    @classmethod
+    def from_segments(cls, segment_ids: jax.Array) -> Packing:
+        """Whole documents one after another (packed fine-tuning rows): `segment_ids` [B, T] number them, and a
+        token sees the earlier tokens of its own document only."""
+        index = jnp.arange(segment_ids.shape[1], dtype=jnp.int32)
+        starts = jnp.concatenate(
+            [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1
         )
-        return index - jax.lax.cummax(jnp.where(first, index, 0), axis=1)
+        last = jnp.concatenate([starts[:, 1:], jnp.ones_like(starts[:, :1])], 1)
+        first_index = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+        last_index = jax.lax.cummin(jnp.where(last, index, segment_ids.shape[1]), axis=1, reverse=True)
+        return cls(index - first_index, last_index)
 
     def mask(self, window: int | None) -> jax.Array:
-        """[B, 1, T, T]: causal within a document (and within `window`)."""
-        index = jnp.arange(self.segment_ids.shape[1])
-        keys, queries = index[None, None, None, :], index[None, None, :, None]
-        seen = (keys <= queries) & (self.segment_ids[:, None, :, None] == self.segment_ids[:, None, None, :])
-        return seen if window is None else seen & (keys > queries - window)
+        """[B, 1, T, T]: a query sees its ancestors and itself (within `window` positions)."""
+        index = jnp.arange(self.ends.shape[1])
+        queries, keys = index[None, :, None], index[None, None, :]
+        seen = (keys <= queries) & (queries <= self.ends[:, None, :])
+        if window is not None:
+            seen &= self.positions[:, None, :] > self.positions[:, :, None] - window
+        return seen[:, None]
 
 
 def attention(
@@ -363,13 +374,12 @@ class OLMo(nnx.Module):
         """Every layer's weights, stacked on the leading `layers` axis."""
         return BlockWeights(**{name: getattr(self, name)[...] for name in BlockWeights._fields if hasattr(self, name)})
 
-    def hidden_states(self, tokens: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
-        """Final-normed hidden states [B, T, d_model] in the compute dtype (`segment_ids`: see `Packing`)."""
+    def hidden_states(self, tokens: jax.Array, packing: Packing | None = None) -> jax.Array:
+        """Final-normed hidden states [B, T, d_model] in the compute dtype (of packed rows with `packing`)."""
         seq_len = tokens.shape[1]
         ropes = {scaled: rope_tables(seq_len, self.config, scaled) for scaled in (False, True)}
-        packing = None if segment_ids is None else Packing(segment_ids)
         if packing is not None:
-            ropes = {scaled: tuple(t[packing.positions()] for t in tables) for scaled, tables in ropes.items()}
+            ropes = {scaled: tuple(t[packing.positions] for t in tables) for scaled, tables in ropes.items()}
         hidden, _ = self._layers(self._embed(tokens), ropes, decoding=packing)
         return hidden
 
@@ -454,8 +464,8 @@ class OLMo(nnx.Module):
         head = self.head_weight().astype(hidden.dtype)
         return jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
-        return self.logits(self.hidden_states(tokens, segment_ids))
+    def __call__(self, tokens: jax.Array, packing: Packing | None = None) -> jax.Array:
+        return self.logits(self.hidden_states(tokens, packing))
 
 
 def abstract_model(config: ModelConfig) -> OLMo:

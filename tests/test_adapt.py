@@ -27,7 +27,7 @@ from olmo_jax.config import ModelConfig
 from olmo_jax.convert.tokenizer_files import write_hf_tokenizer
 from olmo_jax.data.tokenizer import load_tokenizer
 from olmo_jax.errors import ConfigError, DataError
-from olmo_jax.model import OLMo
+from olmo_jax.model import OLMo, Packing
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}],
@@ -188,7 +188,7 @@ def test_packed_row_equals_each_document_alone(tokenizer):
     a, b = rng.integers(3, 7000, 20), rng.integers(3, 7000, 30)
     packed = jnp.asarray(np.concatenate([a, b, np.zeros(14, int)])[None], jnp.int32)
     segments = jnp.asarray(np.concatenate([np.ones(20), 2 * np.ones(30), np.zeros(14)])[None], jnp.int32)
-    logits = np.asarray(model(packed, segments))[0]
+    logits = np.asarray(model(packed, Packing.from_segments(segments)))[0]
     np.testing.assert_allclose(logits[:20], np.asarray(model(jnp.asarray(a[None], jnp.int32)))[0], atol=2e-5)
     np.testing.assert_allclose(logits[20:50], np.asarray(model(jnp.asarray(b[None], jnp.int32)))[0], atol=2e-5)
 

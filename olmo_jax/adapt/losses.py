@@ -23,15 +23,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from olmo_jax.model import Packing
+
 DPO_LOSSES = ("sigmoid", "dpo_norm", "simpo", "ipo")
 
 
 def label_logprobs(graphdef: nnx.GraphDef, params: dict, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """(log p(label) fp32 [B, T-1], the labels' segment ids [B, T-1], 0 where a label does not count)."""
     tokens, segments = batch["input_ids"], batch["segment_ids"]
-    logits = nnx.merge(graphdef, params)(tokens, segments)[:, :-1]
+    logits = nnx.merge(graphdef, params)(tokens, Packing.from_segments(segments))[:, :-1]
     labels = tokens[:, 1:]
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[..., None], axis=-1)[..., 0]
+    # label logit - logsumexp: no second [B, T, V] array, as a full log-softmax would make.
+    logp = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
     counts = (batch["label_mask"][:, 1:] > 0) & (segments[:, 1:] == segments[:, :-1])
     return logp, jnp.where(counts, segments[:, 1:], 0)
 
