@@ -135,6 +135,8 @@ class ModelConfig:
     scan_layers: bool = True
     remat: Literal["none", "save_dots", "full"] = "none"
     attention_impl: Literal["auto", "xla", "cudnn"] = "auto"
+    # Scaled FP8 matmuls in the blocks' projections (`olmo_jax.fp8`); the embedding and LM head stay as they are.
+    fp8: bool = False
 
     @property
     def head_dim(self) -> int:
