@@ -124,7 +124,7 @@ def test_dry_run_compiles_the_fp8_train_step_on_eight_devices(tmp_path, monkeypa
     """OLMo-2's block (GQA, QK-norm, reordered norms) under save_dots remat, ZeRO-3 over 8 fake devices: the
     amax reductions run over sharded operands."""
     monkeypatch.chdir(tmp_path)
-    flags = {**SMALL, "model.n_layers": "2", "model.n_kv_heads": "1", "model.mlp_hidden_size": "256"}
+    flags = {**SMALL, "model.n_layers": "1", "model.n_kv_heads": "1", "model.mlp_hidden_size": "256"}
     flags |= {"model.fp8": "true", "model.remat": "save_dots", "data.sequence_length": "16", "mesh.fsdp": "8"}
     assert main(["--config=olmo2_tiny", "--dry_run", *(f"--config.{k}={v}" for k, v in flags.items())]) == 0
     out = capsys.readouterr().out
