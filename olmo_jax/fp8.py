@@ -17,9 +17,10 @@ must copy rather than update. That is state outside `nnx.Param` and a change to 
 checkpoints; current scaling has none, costs one amax reduction per operand (a scalar all-reduce when the
 operand is sharded), and follows each step's actual range instead of a history's. The dots are XLA's
 native FP8 dots: `dot_general` with float8 operands and fp32 accumulation, the scales applied to the
-result, the form XLA's GPU GEMM rewriter turns into a scaled cuBLASLt FP8 GEMM on Hopper and later. XLA's
-CPU backend converts the float8 operands to fp32 and runs an fp32 dot; every product of two float8 values
-is exact in fp32, so the CPU computes the same quantized matmul, only slower.
+result (as Flax's `Fp8DirectDotGeneralOp` does): the form XLA's GPU GEMM rewriter maps onto cuBLASLt's
+scaled FP8 GEMM on Hopper and later (not yet seen on a GPU here). XLA's CPU backend converts the float8
+operands to fp32 and runs an fp32 dot; every product of two float8 values is exact in fp32, so the CPU
+computes the same quantized matmul, only slower.
 """
 
 from __future__ import annotations
