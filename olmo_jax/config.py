@@ -367,6 +367,9 @@ class EvalConfig:
     limit: int | None = 200  # questions per task and documents per perplexity domain (None: all)
     batch_size: int = 32  # rows per forward pass
     max_length: int | None = None  # tokens per row; None: the model's max_sequence_length
+    # Run a context shared by a question's candidates once, each continuation against it (same numbers,
+    # fewer tokens); false: one row per request.
+    share_contexts: bool = True
 
     def validate(self) -> None:
         """Positive example limits and batch sizes (null limit: every example)."""

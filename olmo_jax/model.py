@@ -220,6 +220,27 @@ class Decoding(NamedTuple):
         return seen if window is None else seen & (keys > queries - window)
 
 
+class Packing(NamedTuple):
+    """Several sequences in each row, as a tree laid out depth first (see `olmo_jax.eval.scoring`): a token's
+    ancestors (the prefix it continues) come before it and its descendants right after it, so token t sees
+    token s iff s <= t <= ends[s]. A row of whole documents one after another is the tree without branches.
+
+    `positions` [B, T] is each token's position in its own sequence (RoPE and windows count from it),
+    `ends` [B, T] the index of its last descendant (its own index for a leaf)."""
+
+    positions: jax.Array
+    ends: jax.Array
+
+    def mask(self, window: int | None) -> jax.Array:
+        """[B, 1, T, T]: a query sees its ancestors and itself (within `window` positions)."""
+        index = jnp.arange(self.ends.shape[1])
+        queries, keys = index[None, :, None], index[None, None, :]
+        seen = (keys <= queries) & (queries <= self.ends[:, None, :])
+        if window is not None:
+            seen &= self.positions[:, None, :] > self.positions[:, :, None] - window
+        return seen[:, None]
+
+
 def attention(
     h: jax.Array,
     w: BlockWeights,
@@ -227,12 +248,13 @@ def attention(
     window: int | None,
     config: ModelConfig,
     kv_cache: tuple[jax.Array, jax.Array] | None = None,
-    decoding: Decoding | None = None,
+    decoding: Decoding | Packing | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Causal self-attention of h [B, T, d_model]; `window` (static) limits each query to its last keys.
 
     With `kv_cache` (k, v [B, S, kv_heads, head_dim]) and `decoding`, the new keys and values are written
-    into the cache and the queries attend over it; returns (output, the updated cache or None)."""
+    into the cache and the queries attend over it; with a `Packing` instead, the queries attend to the keys
+    its mask shows them. Returns (output, the updated cache or None)."""
     dtype = h.dtype
     if w.att_proj is not None:
         qkv = project("btd,dkhe->btkhe", h, w.att_proj, config)
@@ -258,11 +280,13 @@ def attention(
             implementation=attention_implementation(config, dtype),
         )
     else:
-        kv_cache = tuple(
-            jax.lax.dynamic_update_slice_in_dim(cached, new.astype(cached.dtype), decoding.index, axis=1)
-            for cached, new in zip(kv_cache, (k, v), strict=True)
-        )
-        attended = jax.nn.dot_product_attention(q, *kv_cache, mask=decoding.mask(window), implementation="xla")
+        if kv_cache is not None:
+            kv_cache = tuple(
+                jax.lax.dynamic_update_slice_in_dim(cached, new.astype(cached.dtype), decoding.index, axis=1)
+                for cached, new in zip(kv_cache, (k, v), strict=True)
+            )
+            k, v = kv_cache
+        attended = jax.nn.dot_product_attention(q, k, v, mask=decoding.mask(window), implementation="xla")
     return project("bthe,hed->btd", attended, w.attn_out, config), kv_cache
 
 
@@ -280,7 +304,7 @@ def block(
     window: int | None,
     config: ModelConfig,
     kv_cache: tuple[jax.Array, jax.Array] | None = None,
-    decoding: Decoding | None = None,
+    decoding: Decoding | Packing | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """One OLMo block on x [B, T, d_model] in the compute dtype, in the config's block order; returns it and
     the layer's updated key/value cache (None unless decoding)."""
@@ -345,11 +369,13 @@ class OLMo(nnx.Module):
         """Every layer's weights, stacked on the leading `layers` axis."""
         return BlockWeights(**{name: getattr(self, name)[...] for name in BlockWeights._fields if hasattr(self, name)})
 
-    def hidden_states(self, tokens: jax.Array) -> jax.Array:
-        """Final-normed hidden states [B, T, d_model] in the compute dtype."""
+    def hidden_states(self, tokens: jax.Array, packing: Packing | None = None) -> jax.Array:
+        """Final-normed hidden states [B, T, d_model] in the compute dtype (of packed rows with `packing`)."""
         seq_len = tokens.shape[1]
         ropes = {scaled: rope_tables(seq_len, self.config, scaled) for scaled in (False, True)}
-        hidden, _ = self._layers(self._embed(tokens), ropes)
+        if packing is not None:
+            ropes = {scaled: tuple(t[packing.positions] for t in tables) for scaled, tables in ropes.items()}
+        hidden, _ = self._layers(self._embed(tokens), ropes, decoding=packing)
         return hidden
 
     def decode(self, tokens: jax.Array, cache: KVCache, decoding: Decoding) -> tuple[jax.Array, KVCache]:
@@ -372,7 +398,7 @@ class OLMo(nnx.Module):
         x: jax.Array,
         ropes: dict[bool, tuple[jax.Array, jax.Array]],
         cache: KVCache | None = None,
-        decoding: Decoding | None = None,
+        decoding: Decoding | Packing | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Every block, then the final norm; (hidden states, the updated cache or None).
 
