@@ -12,12 +12,19 @@ is extrapolated from its measured rate (labelled `_extrapolated`).
 
 OLMES sets and MMLU (`--olmes_dir`) are scored as `python -m olmo_jax.eval` scores them; `--max_length`
 lengthens the `tiny` preset (RoPE: no learned positions) so that 5-shot prompts are not cut to 256 tokens.
+
+`--compare N` measures shared-context scoring (the default) against one row per request instead: N rounds,
+each scoring every task unshared then shared (A B A B ...), and reports each mode's tokens fed to the model
+and median wall time, their ratios, and whether both modes picked the same answers:
+
+    python benchmarks/bench_eval.py --tasks core9 --limit 200 --max_length 2048 --compare 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections import Counter
@@ -45,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max_length", type=int, help="model length of the random `tiny` preset (default: its 256)")
     p.add_argument("--limit", type=int, help="questions per task (default: all)")
     p.add_argument("--batch_size", type=int, default=32, help="rows per forward pass (default 32)")
+    p.add_argument("--no_share_contexts", action="store_true", help="one row per request (see --compare)")
+    p.add_argument("--compare", type=int, metavar="N", help="N alternating rounds of unshared vs shared scoring")
     p.add_argument("--out", type=Path, help="also write the measurements as JSON here")
     return p.parse_args()
 
@@ -69,40 +78,96 @@ def load_model(path: str | None, max_length: int | None = None):
     return model, load_tokenizer(config.tokenizer.identifier), config.model.max_sequence_length
 
 
+def compile_buckets(scorer: Scorer) -> None:
+    """One batch per bucket length compiles every program the run can need, so timings exclude compilation."""
+    for length in scorer.buckets:
+        scorer.score([Request((1,) * (length - 1), (1,))])
+
+
+def prepare(task, args: argparse.Namespace, tokenizer):
+    """(prepared task, its scoring function, the number of all its questions), as `olmo-jax eval` has it."""
+    if isinstance(task, olmes_scoring.ChoiceTask):
+        all_rows, primary = olmes_scoring.load_instances(task, find_olmes_root(args.olmes_dir), None)
+        kept, seen = [], Counter()  # the first --limit questions of each MMLU subject, as the CLI
+        for instance in all_rows:
+            seen[instance.group] += 1
+            if args.limit is None or seen[instance.group] <= args.limit:
+                kept.append(instance)
+        prepared = olmes_scoring.prepare_choice_task(task, kept, primary, tokenizer)
+        return prepared, olmes_scoring.score_choice_task, len(all_rows)
+    all_rows = load_rows(task, args.data_dir)
+    return prepare_task(task, all_rows[: args.limit], tokenizer), score_task, len(all_rows)
+
+
+def compare(args: argparse.Namespace, model, tokenizer, max_length: int) -> dict:
+    """Unshared (A) and shared (B) scoring of every task, alternating A B A B ...; medians and ratios."""
+    scorers = {
+        mode: Scorer(model, max_length, args.batch_size, pad_token_id=tokenizer.pad_token_id or 0, share_contexts=share)
+        for mode, share in (("unshared", False), ("shared", True))
+    }
+    for scorer in scorers.values():
+        compile_buckets(scorer)
+    tasks = [prepare(task, args, tokenizer) for task in resolve_tasks(args.tasks)]
+    seconds: dict[str, list[float]] = {mode: [] for mode in scorers}
+    results: dict[str, list] = {}
+    for _ in range(args.compare):
+        for mode, scorer in scorers.items():
+            started = time.perf_counter()
+            results[mode] = [score(prepared, scorer) for prepared, score, _ in tasks]
+            seconds[mode].append(time.perf_counter() - started)
+            print(f"{mode}: {seconds[mode][-1]:.1f}s", flush=True)
+    out = {
+        "device": str(jax.devices()[0]),
+        "tasks": args.tasks,
+        "limit": args.limit,
+        "max_length": max_length,
+        "batch_size": args.batch_size,
+        "rounds": args.compare,
+        "requests": sum(r.requests for r in results["shared"]),
+    }
+    for mode in scorers:
+        out[mode] = {
+            "tokens": sum(r.tokens for r in results[mode]),
+            "rows": sum(r.rows for r in results[mode]),
+            "seconds": [round(s, 2) for s in seconds[mode]],
+            "median_s": round(statistics.median(seconds[mode]), 2),
+        }
+    out["tokens_ratio"] = round(out["unshared"]["tokens"] / out["shared"]["tokens"], 3)
+    out["speedup"] = round(out["unshared"]["median_s"] / out["shared"]["median_s"], 3)
+    out["same_metrics"] = all(
+        a.metrics == b.metrics for a, b in zip(results["unshared"], results["shared"], strict=True)
+    )
+    return out
+
+
 def main() -> None:
     args = parse_args()
     model, tokenizer, max_length = load_model(args.model, args.max_length)
-    scorer = Scorer(model, max_length, args.batch_size, pad_token_id=tokenizer.pad_token_id or 0)
+    if args.compare:
+        summary = compare(args, model, tokenizer, max_length)
+        print(json.dumps(summary), flush=True)
+        if args.out is not None:
+            args.out.write_text(json.dumps(summary, indent=1))
+        return
+    scorer = Scorer(
+        model, max_length, args.batch_size, pad_token_id=tokenizer.pad_token_id or 0,
+        share_contexts=not args.no_share_contexts,
+    )  # fmt: skip
 
     started = time.perf_counter()
-    # One batch per bucket length compiles every program the run can need, so timings exclude compilation.
-    for length in scorer.buckets:
-        scorer.score([Request((1,) * (length - 1), (1,))])
+    compile_buckets(scorer)
     compile_seconds = time.perf_counter() - started
     print(f"{jax.devices()[0].platform}: compiled {len(scorer.buckets)} buckets in {compile_seconds:.1f}s", flush=True)
 
     rows = []
     for task in resolve_tasks(args.tasks):
-        if isinstance(task, olmes_scoring.ChoiceTask):
-            all_rows, primary = olmes_scoring.load_instances(task, find_olmes_root(args.olmes_dir), None)
-            kept, seen = [], Counter()  # the first --limit questions of each MMLU subject, as the CLI
-            for instance in all_rows:
-                seen[instance.group] += 1
-                if args.limit is None or seen[instance.group] <= args.limit:
-                    kept.append(instance)
-            t0 = time.perf_counter()
-            prepared = olmes_scoring.prepare_choice_task(task, kept, primary, tokenizer)
-            score = olmes_scoring.score_choice_task
-        else:
-            all_rows = load_rows(task, args.data_dir)
-            t0 = time.perf_counter()
-            prepared = prepare_task(task, all_rows[: args.limit], tokenizer)
-            score = score_task
+        t0 = time.perf_counter()
+        prepared, score, all_questions = prepare(task, args, tokenizer)
         t1 = time.perf_counter()
         result = score(prepared, scorer)
         t2 = time.perf_counter()
         # Requests scale with questions (a fixed number of candidates per question, two requests each).
-        full_requests = round(result.requests * len(all_rows) / result.questions)
+        full_requests = round(result.requests * all_questions / result.questions)
         rows.append(
             {
                 "task": task.name,

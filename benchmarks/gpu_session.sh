@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # One GPU session, in one go: the JAX train-step benchmark for OLMo-1B (sequence 2048) in several lever
-# settings, the PyTorch baseline on the same shapes and card, the OLMo-7B layer shape with 4 layers,
-# and (time permitting) XLA attention and the chunked cross-entropy: the README's Performance table.
+# settings, the PyTorch baseline on the same shapes and card, FP8 projections (`model.fp8`) against bf16
+# for OLMo-1B, OLMo-2-1B (its preset's save_dots and scanned layers, at 2048 tokens) and the OLMo-7B
+# layer shape with 4 layers, and (time permitting) XLA attention and the chunked cross-entropy: the
+# README's Performance table.
 # Prints a table; writes to $OUT (or ./bench_out):
 #   results.jsonl  one olmo_jax.bench record per run ({"label", "error"} for a run that failed)
 #   table.md       the table and the JAX / PyTorch throughput ratios
 #   log.txt        everything the runs printed
 #
-#   benchmarks/gpu_session.sh            run it (about 6 minutes on one H100)
+#   benchmarks/gpu_session.sh            run it (about 6 minutes on one H100 before the FP8 rows came)
 #   benchmarks/gpu_session.sh --print    print the commands it would run, run nothing
 #
 # Environment: PYTHON (default python3), STEPS (timed steps, 15), WARMUP (warm-up steps, 3),
@@ -55,15 +57,21 @@ export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 # attention, remat none, unrolled layers), and the other JAX runs change one or two of those levers.
 ONE_B_SHAPE=(--config=1b --config.data.sequence_length=2048)
 ONE_B=("${ONE_B_SHAPE[@]}" --config.model.attention_impl=cudnn)
+OLMO2_1B=(--config=olmo2_1b --config.data.sequence_length=2048 --config.model.attention_impl=cudnn)
+SEVEN_B=(--config=7b --config.model.n_layers=4 --config.model.attention_impl=cudnn --config.model.remat=save_dots)
 # The runs, in order of importance: label, framework, micro-batch per device, then the config flags.
 runs=(
     "1b-cudnn-noremat-unrolled|jax|8|${ONE_B[*]}"
     "1b-torch-sdpa-compile|torch|8|${ONE_B_SHAPE[*]}"
+    "1b-cudnn-noremat-unrolled-fp8|jax|8|${ONE_B[*]} --config.model.fp8=true"
+    "olmo2-1b-cudnn|jax|8|${OLMO2_1B[*]}"
+    "olmo2-1b-cudnn-fp8|jax|8|${OLMO2_1B[*]} --config.model.fp8=true"
+    "7b-shape-4-layers|jax|4|${SEVEN_B[*]}"
+    "7b-shape-4-layers-fp8|jax|4|${SEVEN_B[*]} --config.model.fp8=true"
     "1b-cudnn-noremat-scan|jax|8|${ONE_B[*]} --config.model.scan_layers=true"
     "1b-cudnn-savedots-scan|jax|8|${ONE_B[*]} --config.model.remat=save_dots --config.model.scan_layers=true"
     "1b-cudnn-savedots-unrolled|jax|8|${ONE_B[*]} --config.model.remat=save_dots"
     "1b-cudnn-noremat-unrolled-mb12|jax|12|${ONE_B[*]}"
-    "7b-shape-4-layers|jax|4|--config=7b --config.model.n_layers=4 --config.model.attention_impl=cudnn --config.model.remat=save_dots"
     "1b-xla-noremat-scan|jax|8|${ONE_B_SHAPE[*]} --config.model.attention_impl=xla --config.model.scan_layers=true"
     "1b-cudnn-noremat-scan-chunked-ce|jax|8|${ONE_B[*]} --config.model.scan_layers=true --config.loss_chunk_size=512"
 )

@@ -95,7 +95,7 @@ def parse_args(
         description=__doc__,
         epilog=f"Presets: {', '.join(preset_names())}. Levers: --config.model.attention_impl=auto|xla|cudnn, "
         "--config.model.remat=none|save_dots|full, --config.model.scan_layers=true|false, "
-        "--config.loss_chunk_size=N, --xla_tuning=on|off.",
+        "--config.model.fp8=true|false, --config.loss_chunk_size=N, --xla_tuning=on|off.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(parser)
@@ -258,6 +258,7 @@ def run(config: TrainConfig, *, label: str, steps: int, warmup_steps: int, xla_f
             "attention": attention_implementation(config.model, compute_dtype),
             "remat": config.model.remat,
             "scan_layers": config.model.scan_layers,
+            "fp8": config.model.fp8,
             "loss_chunk_size": config.loss_chunk_size,
             "compute_dtype": config.model.compute_dtype,
             "mesh": dict(mesh.shape),

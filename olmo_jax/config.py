@@ -136,6 +136,8 @@ class ModelConfig:
     scan_layers: bool = True
     remat: Literal["none", "save_dots", "full"] = "none"
     attention_impl: Literal["auto", "xla", "cudnn"] = "auto"
+    # Scaled FP8 matmuls in the blocks' projections (`olmo_jax.fp8`); the embedding and LM head stay as they are.
+    fp8: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -376,6 +378,9 @@ class EvalConfig:
     limit: int | None = 200  # questions per task and documents per perplexity domain (None: all)
     batch_size: int = 32  # rows per forward pass
     max_length: int | None = None  # tokens per row; None: the model's max_sequence_length
+    # Run a context shared by a question's candidates once, each continuation against it (same numbers,
+    # fewer tokens); false: one row per request.
+    share_contexts: bool = True
 
     def validate(self) -> None:
         """Positive example limits and batch sizes (null limit: every example)."""

@@ -8,9 +8,9 @@
 Shared by all, each as in allenai/OLMo and OLMo-core: no biases, no dropout; SwiGLU with a fused input
 projection whose first half is "up" and the second the gate; rotate-half RoPE in fp32; norms in fp32. The
 choices (`ModelConfig`): the norm (OLMo-1's non-parametric LayerNorm or RMSNorm with a weight), QK-norm,
-grouped-query attention, a per-layer attention window and RoPE scaling. Init: Mitchell (truncated normal at
-+-`init_cutoff_factor` std, 3 when unset, output projections scaled down with depth) or a plain
-truncated normal (OLMo-2/3); norm weights start at 1.
+grouped-query attention, a per-layer attention window, RoPE scaling and scaled FP8 projections
+(`project`, `olmo_jax.fp8`). Init: Mitchell (truncated normal at +-`init_cutoff_factor` std, 3 when unset,
+output projections scaled down with depth) or a plain truncated normal (OLMo-2/3); norm weights start at 1.
 
 Layer weights are stored stacked along a leading `layers` axis whether the layers run under
 `jax.lax.scan` or unrolled, so a checkpoint does not depend on that switch. Every parameter carries
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from olmo_jax import fp8
 from olmo_jax.config import ModelConfig
 from olmo_jax.sharding import BATCH_AXES
 
@@ -187,6 +188,13 @@ def constrain_activations(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+def project(spec: str, h: jax.Array, kernel: jax.Array, config: ModelConfig) -> jax.Array:
+    """A block's projection `einsum(spec, h, kernel)` in h's dtype; scaled FP8 (`olmo_jax.fp8`) under `fp8`."""
+    if config.fp8:
+        return fp8.einsum(spec, h, kernel)
+    return jnp.einsum(spec, h, kernel.astype(h.dtype))
+
+
 class KVCache(NamedTuple):
     """Every layer's keys and values for decoding: k, v [n_layers, B, S slots, kv_heads, head_dim]."""
 
@@ -258,15 +266,15 @@ def attention(
     """Causal self-attention of h [B, T, d_model]; `window` (static) limits each query to its last keys.
 
     With `kv_cache` (k, v [B, S, kv_heads, head_dim]) and `decoding`, the new keys and values are written
-    into the cache and the queries attend over it; returns (output, the updated cache or None). With
-    `Packing`, attention stays within each document (XLA's masked attention: the mask is arbitrary)."""
+    into the cache and the queries attend over it; with a `Packing` instead, the queries attend to the keys
+    its mask shows them. Returns (output, the updated cache or None)."""
     dtype = h.dtype
     if w.att_proj is not None:
-        qkv = jnp.einsum("btd,dkhe->btkhe", h, w.att_proj.astype(dtype))
+        qkv = project("btd,dkhe->btkhe", h, w.att_proj, config)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
-        q = jnp.einsum("btd,dhe->bthe", h, w.q_proj.astype(dtype))
-        kv = jnp.einsum("btd,dkhe->btkhe", h, w.kv_proj.astype(dtype))
+        q = project("btd,dhe->bthe", h, w.q_proj, config)
+        kv = project("btd,dkhe->btkhe", h, w.kv_proj, config)
         k, v = kv[:, :, 0], kv[:, :, 1]
     if config.clip_qkv is not None:
         q, k, v = (jnp.clip(a, -config.clip_qkv, config.clip_qkv) for a in (q, k, v))
@@ -292,14 +300,14 @@ def attention(
             )
             k, v = kv_cache
         attended = jax.nn.dot_product_attention(q, k, v, mask=decoding.mask(window), implementation="xla")
-    return jnp.einsum("bthe,hed->btd", attended, w.attn_out.astype(dtype)), kv_cache
+    return project("bthe,hed->btd", attended, w.attn_out, config), kv_cache
 
 
-def mlp(h: jax.Array, w: BlockWeights) -> jax.Array:
+def mlp(h: jax.Array, w: BlockWeights, config: ModelConfig) -> jax.Array:
     """SwiGLU MLP of h [B, T, d_model]."""
-    up_gate = jnp.einsum("btd,dkf->btkf", h, w.ff_proj.astype(h.dtype))
+    up_gate = project("btd,dkf->btkf", h, w.ff_proj, config)
     up, gate = up_gate[:, :, 0], up_gate[:, :, 1]
-    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w.ff_out.astype(h.dtype))
+    return project("btf,fd->btd", jax.nn.silu(gate) * up, w.ff_out, config)
 
 
 def block(
@@ -316,10 +324,10 @@ def block(
     if config.block_order == "sequential":
         attended, kv_cache = attention(norm(x, w.attn_norm, config), w, rope, window, config, kv_cache, decoding)
         x = x + attended
-        return constrain_activations(x + mlp(norm(x, w.ff_norm, config), w)), kv_cache
+        return constrain_activations(x + mlp(norm(x, w.ff_norm, config), w, config)), kv_cache
     attended, kv_cache = attention(x, w, rope, window, config, kv_cache, decoding)
     x = x + norm(attended, w.attn_norm, config)
-    return constrain_activations(x + norm(mlp(x, w), w.ff_norm, config)), kv_cache
+    return constrain_activations(x + norm(mlp(x, w, config), w.ff_norm, config)), kv_cache
 
 
 class OLMo(nnx.Module):

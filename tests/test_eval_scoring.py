@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from eval_support import tiny_config
 
-from olmo_jax.eval.scoring import MAX_TARGETS_PER_ROW, Request, Scorer, bucket_lengths, model_input
+from olmo_jax.eval.scoring import MIN_BUCKET, Request, Scorer, bucket_lengths, model_input
 
 MAX_LENGTH = 40
 VOCAB = 100
@@ -55,7 +55,7 @@ def _requests(rng: np.random.Generator) -> list[Request]:
         # One-token continuations of one context: all read off a single row.
         *[Request(shared_context, (t,)) for t in range(2, 7)],
         # More distinct one-token targets than a row can gather: they spill into a second row.
-        *[Request(shared_context[:5], (t,)) for t in range(10, 10 + MAX_TARGETS_PER_ROW + 3)],
+        *[Request(shared_context[:5], (t,)) for t in range(10, 10 + MIN_BUCKET + 3)],
         # Identical requests (the unconditional "Answer:" + " yes" pattern).
         Request((3, 4), (5, 6)),
         Request((3, 4), (5, 6)),
@@ -70,10 +70,11 @@ def _requests(rng: np.random.Generator) -> list[Request]:
     return requests
 
 
-def test_shared_bucketed_scores_equal_one_request_per_row(model):
+@pytest.mark.parametrize("share_contexts", [True, False])
+def test_shared_bucketed_scores_equal_one_request_per_row(model, share_contexts):
     """Sharing reads positions another row computed: equal up to fp32 reduction order (<= 1e-4 nats)."""
     requests = _requests(np.random.default_rng(0))
-    scores = Scorer(model, MAX_LENGTH, batch_size=4).score(requests)
+    scores = Scorer(model, MAX_LENGTH, batch_size=4, share_contexts=share_contexts).score(requests)
     expected = np.array([reference(model, r) for r in requests])
     np.testing.assert_allclose(scores.loglikelihood, expected, atol=1e-4, rtol=0)
     assert scores.rows < len(requests) - 20  # the 5 + 19 one-token requests took 3 rows, duplicates 1
@@ -116,3 +117,72 @@ def test_compiles_once_per_bucket_and_not_again_for_new_weights(model):
 def test_batch_size_must_be_positive(model):
     with pytest.raises(ValueError, match="batch_size must be positive"):
         Scorer(model, MAX_LENGTH, batch_size=0)
+
+
+def _questions(rng: np.random.Generator) -> list[list[Request]]:
+    """Multiple-choice-like requests: a context and four continuations, two of which share their start."""
+
+    def tokens(n):
+        return tuple(int(x) for x in rng.integers(2, VOCAB, n))
+
+    questions = []
+    for _ in range(6):
+        context, stem = tokens(int(rng.integers(6, 20))), tokens(2)
+        continuations = [stem + tokens(3), stem + tokens(5), tokens(1), tokens(int(rng.integers(2, 9)))]
+        questions.append([Request(context, c) for c in continuations])
+    questions.append([Request(tokens(45), c) for c in (tokens(3), tokens(4))])  # cut from the left, unshared
+    return questions
+
+
+def test_shared_contexts_change_no_score_and_no_answer_with_windows_and_grouped_heads():
+    """Packed rows (each continuation attends to its context and itself, at its own positions, windows
+    counted in positions) score as one request per row: <= 1e-4 nats (fp32 reduction order), same argmax."""
+    import dataclasses
+
+    from flax import nnx
+
+    from olmo_jax.model import OLMo
+
+    config = dataclasses.replace(
+        tiny_config(VOCAB, MAX_LENGTH, eos_token_id=1, pad_token_id=0),
+        n_heads=4, n_kv_heads=2, sliding_window_pattern=[5, -1],
+    )  # fmt: skip
+    windowed = OLMo(config, rngs=nnx.Rngs(3))
+    questions = _questions(np.random.default_rng(2))
+    requests = [r for q in questions for r in q]
+    shared = Scorer(windowed, MAX_LENGTH, batch_size=4).score(requests)
+    unshared = Scorer(windowed, MAX_LENGTH, batch_size=4, share_contexts=False).score(requests)
+    expected = np.array([reference(windowed, r) for r in requests])
+    np.testing.assert_allclose(shared.loglikelihood, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(unshared.loglikelihood, expected, atol=1e-4, rtol=0)
+    starts = np.cumsum([0, *map(len, questions)])
+    for scores in (shared, unshared):
+        answers = [np.argmax(scores.loglikelihood[a:b]) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        assert answers == [np.argmax(expected[a:b]) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    assert shared.tokens * 1.5 < unshared.tokens and shared.rows < unshared.rows
+
+
+def test_real_task_requests_score_the_same_shared_or_not(shared_data):
+    """A few questions of three core tasks, OLMo-1's tokenizer: every request within 1e-4 nats, every metric equal
+    (length 64: BoolQ's passages are cut from the left, HellaSwag's endings share a row)."""
+    from flax import nnx
+
+    from olmo_jax.data.tokenizer import load_tokenizer
+    from olmo_jax.eval.downstream import prepare_task, score_task
+    from olmo_jax.eval.sources import load_rows
+    from olmo_jax.eval.tasks import resolve_tasks
+    from olmo_jax.model import OLMo
+
+    tokenizer = load_tokenizer(str(shared_data / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"))
+    config = tiny_config(50280, 64, eos_token_id=tokenizer.eos_token_id, pad_token_id=1)
+    model = OLMo(config, rngs=nnx.Rngs(4))
+    shared, unshared = (Scorer(model, 64, batch_size=8, share_contexts=s) for s in (True, False))
+    tokens = {}
+    for task in resolve_tasks("hellaswag,winogrande,boolq"):
+        prepared = prepare_task(task, load_rows(task, shared_data / "eval" / "jsonl", 3), tokenizer)
+        a, b = shared.score(prepared.requests), unshared.score(prepared.requests)
+        np.testing.assert_allclose(a.loglikelihood, b.loglikelihood, atol=1e-4, rtol=0)
+        assert score_task(prepared, shared).metrics == score_task(prepared, unshared).metrics
+        tokens[task.name] = (a.tokens, b.tokens)
+    assert tokens["hellaswag"][0] * 1.4 < tokens["hellaswag"][1]  # four long endings of one context (582 -> 403)
+    assert tokens["boolq"][0] <= tokens["boolq"][1]  # one-token answers: one row either way

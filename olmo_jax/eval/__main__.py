@@ -105,6 +105,12 @@ def build_parser(prog: str = "python -m olmo_jax.eval") -> argparse.ArgumentPars
         "-> evaluation.max_length",
     )
     parser.add_argument(
+        "--no_share_contexts",
+        action="store_true",
+        help="score every request on its own row instead of running a question's context once and each "
+        "candidate against it (same numbers, slower) -> evaluation.share_contexts=false",
+    )
+    parser.add_argument(
         "--mesh",
         metavar="DATA,FSDP,TENSOR",
         help="shard the model and the rows over a device mesh, e.g. 1,-1,1 -> mesh.data/fsdp/tensor (default: one "
@@ -174,6 +180,8 @@ def eval_config(args: argparse.Namespace, config_name: str | None, overrides: di
         value = getattr(args, flag)
         if value is not None:
             setattr(evaluation, field, value)
+    if args.no_share_contexts:
+        evaluation.share_contexts = False
     if args.tasks is not None:
         evaluation.tasks = [name for name in args.tasks.split(",") if name.strip()]
     resolve_tasks(evaluation.tasks)  # an unknown name is an error before any model is loaded

