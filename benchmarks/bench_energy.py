@@ -7,9 +7,10 @@ CPUs). Prints the median step time of each arm (medians of the per-round medians
 the time of one reading (what the thread does each interval) as a share of one core: the figure that
 a busy shared machine does not blur.
 
-The source is `--source=auto` (what a run would read here: NVML, amdsmi or RAPL; an error where nothing
-is readable) or `--source=file` (the default: the RAPL reader on a temporary powercap tree, so the
-sampler does the same file reads as on a machine with RAPL, on machines without one).
+The source is `--source=fixed` (the default: a power reading every `--interval`, the most wake-ups the
+sampler makes, as for NVML's power fallback), `--source=file` (the RAPL reader on a temporary powercap
+tree: an energy counter, read once a second) or `--source=auto` (what a run would read here: NVML,
+amdsmi or RAPL; an error where nothing is readable).
 
     python benchmarks/bench_energy.py --config=tiny --rounds=10 --steps=20
     python benchmarks/bench_energy.py --config=1b --source=auto          # on a GPU machine
@@ -29,8 +30,10 @@ import numpy as np
 
 from olmo_jax import sharding
 from olmo_jax.config import EnergyConfig, MeshConfig, load_config
-from olmo_jax.energy import PowerSampler, PowerSource, RaplPower, open_power_source
+from olmo_jax.energy import FixedPower, PowerSampler, PowerSource, RaplPower, open_power_source
 from olmo_jax.train import build, init_state, jit_train_step
+
+DESCRIBED = {"fixed": "a fixed power", "file": "the RAPL reader on a temporary tree"}
 
 
 def fake_powercap(root: Path) -> Path:
@@ -62,7 +65,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="rounds per arm, alternating A B (default: 10)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round (default: 20)")
     parser.add_argument("--interval", type=float, default=0.025, help="seconds between readings (default: 0.025)")
-    parser.add_argument("--source", choices=("file", "auto"), default="file", help="what the sampler reads")
+    parser.add_argument("--source", choices=("fixed", "file", "auto"), default="fixed", help="what the sampler reads")
     parser.add_argument("--json", action="store_true", help="print one JSON record instead of the summary")
     args = parser.parse_args()
 
@@ -79,6 +82,8 @@ def main() -> None:
         powercap = fake_powercap(Path(tmp))
 
         def open_source() -> PowerSource:
+            if args.source == "fixed":
+                return FixedPower(300.0)
             if args.source == "file":
                 return RaplPower(powercap)
             found, line = open_power_source(EnergyConfig(), jax.devices()[:1])
@@ -93,7 +98,7 @@ def main() -> None:
                 sampler = PowerSampler(open_source(), args.interval) if arm == "with" else None
                 state, times = time_steps(step, state, tokens, args.steps)
                 if sampler is not None:
-                    source_name = sampler.source.name
+                    source_name, reading_every = sampler.source.name, sampler.interval
                     sampler.close()
                 medians[arm].append(statistics.median(times))
 
@@ -110,7 +115,8 @@ def main() -> None:
     without, with_sampler = (statistics.median(medians[arm]) for arm in ("without", "with"))
     record = {
         "config": args.config,
-        "source": source_name if args.source == "auto" else "file (the RAPL reader on a temporary tree)",
+        "source": DESCRIBED.get(args.source, source_name),
+        "reading_every_s": reading_every,
         "interval_s": args.interval,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
@@ -126,7 +132,7 @@ def main() -> None:
     else:
         print(
             f"{args.config} on {record['device']}: step {record['step_ms_without']:.2f} ms without the sampler, "
-            f"{record['step_ms_with']:.2f} ms with it reading {record['source']} every {args.interval * 1e3:g} ms "
+            f"{record['step_ms_with']:.2f} ms with it reading {record['source']} every {reading_every * 1e3:g} ms "
             f"({record['overhead_percent']:+.2f}%; medians of {args.rounds} alternating rounds of {args.steps} steps); "
             f"one reading takes {record['us_per_reading']:.1f} us, {record['core_percent']:.3f}% of one core"
         )

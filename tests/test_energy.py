@@ -245,6 +245,23 @@ def test_the_sampler_integrates_power_by_the_trapezoid_rule() -> None:
         sampler.close()
 
 
+def test_the_sampler_adds_counter_differences_and_reads_a_counter_once_a_second() -> None:
+    class Counter(energy.PowerSource):
+        name, hardware = "counter", "counter"
+
+        def read(self) -> energy.Reading:
+            return energy.Reading(joules=counter[0])
+
+    counter = [5.0]
+    sampler = PowerSampler(Counter(), interval=0.025)
+    try:
+        assert sampler.interval == PowerSampler.COUNTER_INTERVAL  # exact at any rate: fewer wake-ups
+        counter[0] = 12.5
+        assert sampler.take()[0] == 7.5
+    finally:
+        sampler.close()
+
+
 def test_energy_settings_are_validated() -> None:
     with pytest.raises(ConfigError, match="fixed_watts set exactly when source is fixed"):
         load_config("tiny", {"energy.fixed_watts": "100"})
