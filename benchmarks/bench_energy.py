@@ -33,7 +33,7 @@ from olmo_jax.config import EnergyConfig, MeshConfig, load_config
 from olmo_jax.energy import FixedPower, PowerSampler, PowerSource, RaplPower, open_power_source
 from olmo_jax.train import build, init_state, jit_train_step
 
-DESCRIBED = {"fixed": "a fixed power", "file": "the RAPL reader on a temporary tree"}
+DESCRIBED = {"fixed": "a fixed power", "file": "the RAPL files of a temporary tree"}
 
 
 def fake_powercap(root: Path) -> Path:
@@ -124,7 +124,7 @@ def main() -> None:
         "step_ms_with": 1e3 * with_sampler,
         "overhead_percent": 100 * (with_sampler - without) / without,
         "us_per_reading": 1e6 * per_reading,
-        "core_percent": 100 * per_reading / args.interval,
+        "core_percent": 100 * per_reading / reading_every,
         "device": jax.devices()[0].device_kind,
     }
     if args.json:

@@ -379,7 +379,9 @@ class EnergyConfig:
     # What reads the power: `auto` (NVML or amdsmi on GPUs, RAPL on CPUs; unknown where none is readable),
     # one of them by name (an error where it cannot be read), `fixed` (the declared `fixed_watts`) or `none`.
     source: Literal["auto", "nvidia", "amd", "rapl", "fixed", "none"] = "auto"
-    sample_interval: float = 0.025  # seconds between power readings (the paper's 25 ms)
+    # Seconds between power readings (the paper's 25 ms); an energy counter, exact at any rate, is read at
+    # most once a second.
+    sample_interval: float = 0.025
     pue: float = 1.1  # the data centre's power usage effectiveness (the paper's 1.1)
     carbon_intensity: float | None = None  # the grid's kg CO2eq per kWh (0.610 Australia, 0 LUMI); None: no CO2
     fixed_watts: float | None = None  # source=fixed: what each process's hardware draws, in watts
