@@ -6,7 +6,7 @@
         config/     JSON {"config": to_dict(TrainConfig), "tokenizer": <tokenizer identity or null>}
         opt_state/  the optimizer state pytree (Orbax's standard array format)       } training
         data/       JSON: the data loader's state (`TrainLoader.state()`)             } checkpoints
-        meta/       JSON: step, non-finite step count, tokens seen, seed (see `TrainMeta`) } only
+        meta/       JSON: step, skipped steps, tokens, seed, energy (`TrainMeta`)     } only
         checksums.json  xxh3-64 of every file of the items (training checkpoints; see `write_checksums`)
 
 `params/` and `config/` are what every reader needs (`to-hf`, `from_pretrained`, a weights-only start); a
@@ -153,6 +153,16 @@ def read_checkpoint_metadata(step_dir: Path) -> dict[str, Any]:
     with manager:
         item = manager.restore(step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
     return _checked_metadata(item[CONFIG_ITEM], step_dir)
+
+
+def read_train_meta(step_dir: Path) -> TrainMeta | None:
+    """The `meta` item of a training checkpoint step (no array is read); None for a weights-only step."""
+    if not (Path(step_dir) / META_ITEM).is_dir():
+        return None
+    manager, step = _manager_for_step(step_dir)
+    with manager:
+        item = manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+    return TrainMeta.from_json(item[META_ITEM], Path(step_dir) / META_ITEM)
 
 
 def _checked_metadata(data: Any, step_dir: Path) -> dict[str, Any]:
@@ -321,6 +331,9 @@ class TrainMeta:
     nonfinite_steps: int  # updates the non-finite guard skipped so far
     tokens_seen: int
     seed: int
+    # The run's energy so far (`olmo_jax.energy.EnergyTotals.to_json()`); None when never measured. Optional
+    # in the JSON: checkpoints saved before energy was measured have no such key.
+    energy: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": META_FORMAT, **dataclasses.asdict(self)}
@@ -329,13 +342,16 @@ class TrainMeta:
     def from_json(cls, data: Any, where: Path) -> TrainMeta:
         if not isinstance(data, dict) or data.get("format") != META_FORMAT:
             raise CheckpointError(f"{where} is not an olmo_jax training meta item (format {META_FORMAT!r})")
-        values = {}
-        for field in dataclasses.fields(cls):
-            value = data.get(field.name)
+        values: dict[str, Any] = {}
+        for name in ("step", "nonfinite_steps", "tokens_seen", "seed"):
+            value = data.get(name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise CheckpointError(f"{where} lacks an integer {field.name!r}")
-            values[field.name] = value
-        return cls(**values)
+                raise CheckpointError(f"{where} lacks an integer {name!r}")
+            values[name] = value
+        energy = data.get("energy")
+        if energy is not None and not isinstance(energy, dict):
+            raise CheckpointError(f"{where} holds energy totals that are not a mapping: {energy!r}")
+        return cls(**values, energy=energy)
 
 
 @dataclass

@@ -6,6 +6,7 @@
     olmo-jax eval --model=runs/tiny --tasks=core9     # = python -m olmo_jax.eval ...
     olmo-jax generate --model=runs/tiny --prompt=...  # = python -m olmo_jax.generate ...
     olmo-jax bench --config=1b                        # = python -m olmo_jax.bench ...
+    olmo-jax energy runs/tiny                         # = python -m olmo_jax.energy ...
 
 Shared by every subcommand, and defined only here:
 - flags are spelled with underscores; the hyphenated spelling of any flag is accepted too
@@ -43,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("olmo_jax.eval.__main__", "evaluate a checkpoint or HF model: downstream tasks and perplexity"),
     "generate": ("olmo_jax.generate.__main__", "continue prompts with a checkpoint or HF model (greedy or sampled)"),
     "bench": ("olmo_jax.bench", "time the real train step on synthetic tokens (tokens/s, MFU, memory)"),
+    "energy": ("olmo_jax.energy", "a run's energy and emissions as a row of the OLMo paper's Table 7"),
 }
 
 DTYPE_HELP = "dtype the parameters are stored in"

@@ -416,6 +416,39 @@ class AdaptConfig:
 
 
 @dataclass
+class EnergyConfig:
+    """Energy and carbon accounting (`olmo_jax.energy`), as the OLMo paper's §4.3."""
+
+    # What reads the power: `auto` (NVML or amdsmi on GPUs, RAPL on CPUs; unknown where none is readable),
+    # one of them by name (an error where it cannot be read), `fixed` (the declared `fixed_watts`) or `none`.
+    source: Literal["auto", "nvidia", "amd", "rapl", "fixed", "none"] = "auto"
+    # Seconds between power readings (the paper's 25 ms); an energy counter, exact at any rate, is read at
+    # most once a second.
+    sample_interval: float = 0.025
+    pue: float = 1.1  # the data centre's power usage effectiveness (the paper's 1.1)
+    carbon_intensity: float | None = None  # the grid's kg CO2eq per kWh (0.610 Australia, 0 LUMI); None: no CO2
+    fixed_watts: float | None = None  # source=fixed: what each process's hardware draws, in watts
+
+    def validate(self) -> None:
+        """A positive sampling interval (at most a minute: RAPL counters can wrap within one), PUE >= 1, a
+        non-negative carbon intensity, and `fixed_watts` set exactly when `source` is fixed."""
+        _require(
+            _is_number(self.sample_interval) and 0 < self.sample_interval <= 60,
+            "energy.sample_interval",
+            self.sample_interval,
+            "a number of seconds in (0, 60]",
+        )
+        _require(_is_number(self.pue) and self.pue >= 1, "energy.pue", self.pue, "a number >= 1")
+        _non_negative_number("energy.carbon_intensity", self.carbon_intensity, nullable=True)
+        if (self.source == "fixed") != (self.fixed_watts is not None):
+            raise ConfigError(
+                f"energy.source={self.source} and energy.fixed_watts={_yaml(self.fixed_watts)}: expected "
+                "fixed_watts set exactly when source is fixed"
+            )
+        _positive_number("energy.fixed_watts", self.fixed_watts, nullable=True)
+
+
+@dataclass
 class TrainConfig:
     """A whole run (`olmo.config.TrainConfig` names)."""
 
@@ -432,6 +465,7 @@ class TrainConfig:
     # What the run learns: `pretrain` (next-token loss on token files), `sft` or `dpo` (on `adapt`'s data).
     objective: Literal["pretrain", "sft", "dpo"] = "pretrain"
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
     global_train_batch_size: int = 8
     device_train_microbatch_size: int | None = None  # None: the whole per-device batch at once
     max_duration: str = "100"  # steps ("1000"), tokens ("2e12T") or epochs ("1ep")
@@ -478,6 +512,7 @@ class TrainConfig:
             self.evaluation,
             self.batch_size_warmup,
             self.adapt,
+            self.energy,
         ):
             section.validate()
         if self.objective != "pretrain":

@@ -2,8 +2,9 @@
 
 The loop only counts steps. For each one it feeds a batch to `Steps` (the jitted train step of
 `olmo_jax.train`, with the schedule's learning rate), then asks three parts whether they are due and calls
-those that are: the `Meter` (throughput and MFU since the last log line), the `Checkpointer` (an
-asynchronous save) and the `InLoopEvaluation`. At the end of the run, or when a signal or the time limit
+those that are: the `Meter` (throughput and MFU since the last log line, with the `EnergyMeter`'s power
+and energy), the `Checkpointer` (an asynchronous save, which keeps the energy totals) and the
+`InLoopEvaluation`. At the end of the run, or when a signal or the time limit
 asks it to stop, it logs and saves whatever their schedules say. The non-finite policy is checked before
 any save, so a run told to stop on a NaN never checkpoints after one; a state that is itself non-finite
 stops the run whatever the policy, and is never saved. A save that failed in the background stops the run
@@ -44,6 +45,7 @@ from olmo_jax.config import TrainConfig, data_spec, flatten, to_dict
 from olmo_jax.data.loader import build_train_loader
 from olmo_jax.data.order import batch_size_for
 from olmo_jax.data.pipeline import DataPipeline, build_pipeline
+from olmo_jax.energy import EnergyMeter, open_sampler
 from olmo_jax.errors import ConfigError, NonFiniteLossError, NonFiniteStateError
 from olmo_jax.eval.evaluator import evaluate_in_loop
 from olmo_jax.model import flops_per_token, num_params
@@ -102,7 +104,8 @@ def _train(run: _Run, state: TrainState, stop_requests: StopRequests) -> dict[st
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
             nonfinite = int(state.nonfinite_steps)
             if log_now:
-                logged = _record(host, run.steps, run.meter.measure(update, run.steps.tokens_seen), batch, nonfinite)
+                measured = {**run.meter.measure(update, run.steps.tokens_seen), **run.energy.measure()}
+                logged = _record(host, run.steps, measured, batch, nonfinite)
                 run.output.step(update, logged)
             # Before any save: a run that must stop on a non-finite step never checkpoints after it.
             _check_nonfinite(run.config, update, nonfinite, run.nonfinite_at_start, host)
@@ -224,7 +227,7 @@ def _record(
 
 def _save(run: _Run, state: TrainState, update: int, nonfinite: int) -> None:
     """Start saving the state after `update`, with the loader's position (the writes continue in the background)."""
-    meta = TrainMeta(update, nonfinite, run.steps.tokens_seen, run.config.seed)
+    meta = TrainMeta(update, nonfinite, run.steps.tokens_seen, run.config.seed, energy=run.energy.totals())
     blocked = run.checkpointer.save(state.params, state.opt_state, data_state=run.loader.state(), meta=meta)
     run.output.line(f"checkpoint {run.checkpointer.step_dir(update)} started (training blocked {blocked:.2f} s)")
 
@@ -320,6 +323,7 @@ class _Run:
     loader: Any  # olmo_jax.data.loader.TrainLoader
     steps: Steps
     meter: Meter
+    energy: EnergyMeter
     checkpointer: Checkpointer
     evaluation: InLoopEvaluation
     output: Output
@@ -336,6 +340,12 @@ def _start(
         # Before anything reads or moves a checkpoint: a second trainer must change nothing.
         cleanup.enter_context(RunLock(run_dir))
     mesh = sharding.make_mesh(config.mesh, devices)
+    # Next: the energy counts from start-up on (restoring and compiling draw power too).
+    sampler, power_line = open_sampler(
+        config.energy, [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    )
+    if sampler is not None:
+        cleanup.callback(sampler.close)
     setup = build(config, mesh)
     abstract = abstract_state(setup)
     start = starting_checkpoint(
@@ -367,7 +377,8 @@ def _start(
         print(
             f"olmo_jax: {num_params(config.model):,} parameters | mesh {dict(mesh.shape)} | {steps} steps of "
             f"{config.global_train_batch_size} x {config.sequence_length} tokens | run dir {run_dir}\n"
-            + _describe_start(start, config, run_dir),
+            + _describe_start(start, config, run_dir)
+            + f"\nolmo_jax: {power_line}",
             flush=True,
         )
         if start_step >= steps:
@@ -391,6 +402,7 @@ def _start(
         loader=loader,
         steps=Steps(setup, steps, tokens_seen),
         meter=meter,
+        energy=EnergyMeter(sampler, config.energy, start.meta.energy if start is not None and start.meta else None),
         checkpointer=checkpointer,
         evaluation=evaluation,
         output=Output(writer, Progress(steps, start_step=start_step)),

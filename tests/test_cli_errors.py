@@ -202,6 +202,16 @@ def test_the_console_script_lists_every_subcommand_and_each_documents_its_flags(
         ("eval",): ["--model", "--config", "--tasks", "--ppl", "--limit", "--mesh", "--output", "--compute_dtype"],
         ("bench",): ["--config", "--steps", "--output", "--table", "--xla_tuning", "--debug"],
         ("generate",): ["--model", "--prompt", "--prompts", "--max_new_tokens", "--temperature", "--top_p", "--stop"],
+        ("energy",): [
+            "RUN_DIR",
+            "--power_w",
+            "--hours",
+            "--nodes",
+            "--pue",
+            "--carbon_intensity",
+            "--hardware",
+            "--json",
+        ],
     }
     for words, flags in helps.items():
         result = subprocess.run(

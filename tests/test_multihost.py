@@ -312,7 +312,12 @@ def reference_runs(cpu_env, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("runs")
     # Side by side: each leaves cores idle while it starts up and while its processes wait for each other.
     one, two = root / "one", root / "two"
-    return tuple(all_succeeded((start_one_process(cpu_env, one), one), (start_two_processes(cpu_env, two), two)))
+    declared = ("--config.energy.source=fixed", "--config.energy.fixed_watts=100")  # 100 W per process
+    return tuple(
+        all_succeeded(
+            (start_one_process(cpu_env, one, *declared), one), (start_two_processes(cpu_env, two, *declared), two)
+        )
+    )
 
 
 @pytest.mark.slow
@@ -322,6 +327,9 @@ def test_two_processes_of_four_devices_train_like_one_process_of_eight(reference
     # The same global batches, although each process read only its own rows of them.
     assert [two[s]["batch_fingerprint"] for s in two] == [one[s]["batch_fingerprint"] for s in one]
     np.testing.assert_allclose([two[s]["loss"] for s in two], [one[s]["loss"] for s in one], rtol=RTOL)
+    # The power is summed over the processes (declared exactly, so only clock readings can move it).
+    np.testing.assert_allclose([one[s]["power_w"] for s in one], 100, rtol=1e-3)
+    np.testing.assert_allclose([two[s]["power_w"] for s in two], 200, rtol=1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,8 @@ def complete_steps(names: list[str]) -> list[int]:
 
 @pytest.mark.slow
 def test_kill_9_during_an_async_save_then_restart_continues_bit_exactly(tmp_path: Path, env: dict[str, str]) -> None:
-    overrides = ("--config.max_duration=8", "--config.save_interval=2")
+    energy = ("--config.energy.source=fixed", "--config.energy.fixed_watts=100")  # a known power: 100 W
+    overrides = ("--config.max_duration=8", "--config.save_interval=2", *energy)
     reference = finish(Run(tmp_path / "reference", env, *overrides)).losses()
     assert sorted(reference) == list(range(1, 9))
 
@@ -94,6 +95,7 @@ def test_kill_9_during_an_async_save_then_restart_continues_bit_exactly(tmp_path
     names = victim.checkpoints()
     assert any(name.startswith(f"{writing[0]}{TMP_SUFFIX}") for name in names), f"the save had finished: {names}"
     resumed_from = max(complete_steps(names))
+    saved_joules = read_train_meta(tmp_path / "victim" / "checkpoints" / str(resumed_from)).energy["joules"]
 
     restarted = finish(Run(tmp_path / "victim", env, *overrides))
     assert f"resuming from {tmp_path / 'victim' / 'checkpoints' / str(resumed_from)}" in restarted.output()
@@ -101,6 +103,14 @@ def test_kill_9_during_an_async_save_then_restart_continues_bit_exactly(tmp_path
     assert restarted.losses() == reference
     assert not [name for name in restarted.checkpoints() if not name.isdigit()]  # the unfinished save is gone
     assert complete_steps(restarted.checkpoints())[-1] == 8
+    # The energy totals went on from the checkpoint's: the killed run's logged total up to it is the saved one,
+    # and the restart adds its own time at 100 W on top (start-up and compiling included).
+    records = {r["step"]: r for r in map(json.loads, (tmp_path / "victim" / "metrics.jsonl").read_text().splitlines())}
+    joules = {step: record["energy_kwh"] * 3.6e6 for step, record in records.items()}
+    assert joules[resumed_from] == pytest.approx(saved_joules, rel=0.01)
+    assert joules[resumed_from + 1] - saved_joules >= 0.98 * 100 * records[resumed_from + 1]["step_time"]
+    final = read_train_meta(tmp_path / "victim" / "checkpoints" / "8").energy["joules"]
+    assert final == pytest.approx(joules[8], rel=0.01)
 
 
 @pytest.mark.slow
