@@ -3,11 +3,13 @@
 Builds a preset's full train state (fp32 parameters + AdamW moments) on one device, then saves it several
 times through the trainer's `Checkpointer`. Between saves a jitted, donating update rewrites every array, as a
 train step does, and the previous save is allowed to finish, so each save starts from the same situation.
-Prints the median over saves of: the time `save` blocked the caller (the finiteness check, the device-to-host
-copy and Orbax's bookkeeping) and the time until the step was complete on disk with its checksums. Then the cost
-of the checksums: the time to hash the last step's files (on the checksum thread, off the training thread) and
-the time to restore it with and without verifying them (each after a warm-up restore, so that both read from
-the page cache).
+Prints the median over saves of: the time `save` blocked the caller (the device-to-host copy, starting the
+finiteness check, Orbax's bookkeeping), the time of the update that follows it while the files are written and
+the state is checked in the background, against the same update with nothing in flight (what the background
+work costs the loop beyond the block), and the time until the step was complete on disk with its checksums. Then
+the cost of the checksums: the time to hash the last step's files (on the checksum thread, off the training
+thread) and the time to restore it with and without verifying them (each after a warm-up restore, so that both
+read from the page cache).
 
     python benchmarks/bench_checkpoint.py --config=tiny
     python benchmarks/bench_checkpoint.py --config=1b --set model.n_layers=4   # 1b shapes, fewer layers
@@ -66,19 +68,29 @@ def main() -> None:
     # Stands in for a train step: new values in every buffer, the old buffers donated.
     touch = jax.jit(lambda tree: jax.tree.map(lambda x: x + 1, tree), donate_argnums=0)
 
-    blocked, complete = [], []
+    blocked, complete, update_alone, update_during = [], [], [], []
     with (
         tempfile.TemporaryDirectory(dir=args.dir) as tmp,
         Checkpointer(checkpoint_spec(config, Path(tmp)), to_dict(config)) as checkpointer,
     ):
+        arrays = jax.block_until_ready(touch(arrays))  # compiles the update
         for step in range(1, args.saves + 1):
+            update_start = time.perf_counter()  # the previous save has finished: nothing in flight
             arrays = jax.block_until_ready(touch(arrays))
+            update_alone.append(time.perf_counter() - update_start)
             start = time.perf_counter()
             meta = TrainMeta(step, 0, 0, config.seed)
             blocked.append(checkpointer.save(*arrays, data_state={"step": step}, meta=meta))
+            update_start = time.perf_counter()
+            arrays = jax.block_until_ready(touch(arrays))
+            update_during.append(time.perf_counter() - update_start)
             checkpointer.wait_until_finished()
             complete.append(time.perf_counter() - start)
-            print(f"save {step}: blocked {blocked[-1]:.3f} s, on disk after {complete[-1]:.3f} s", flush=True)
+            print(
+                f"save {step}: blocked {blocked[-1]:.3f} s, next update {update_during[-1]:.3f} s "
+                f"({update_alone[-1]:.3f} s alone), on disk after {complete[-1]:.3f} s",
+                flush=True,
+            )
         del arrays, state
         step_dir = checkpointer.step_dir(args.saves)
         costs = _checksum_costs(step_dir, abstract_state(setup))
@@ -88,6 +100,8 @@ def main() -> None:
         "parameters": n_params,
         "state_bytes": n_bytes,
         "median_blocked_s": statistics.median(blocked),
+        "median_update_alone_s": statistics.median(update_alone),
+        "median_update_during_save_s": statistics.median(update_during),
         "median_complete_s": statistics.median(complete),
         **costs,
         "device": jax.devices()[0].device_kind,

@@ -7,8 +7,9 @@ and energy), the `Checkpointer` (an asynchronous save, which keeps the energy to
 `InLoopEvaluation`. At the end of the run, or when a signal or the time limit
 asks it to stop, it logs and saves whatever their schedules say. The non-finite policy is checked before
 any save, so a run told to stop on a NaN never checkpoints after one; a state that is itself non-finite
-stops the run whatever the policy, and is never saved. A save that failed in the background stops the run
-after the next step. Process 0 holds the run directory's lock (`olmo_jax.run_lock`) for the whole run.
+stops the run whatever the policy, and is never saved (the `Checkpointer` checks each saved state in the
+background). A save that failed or found the state non-finite stops the run after the next step. Process 0
+holds the run directory's lock (`olmo_jax.run_lock`) for the whole run.
 """
 
 from __future__ import annotations

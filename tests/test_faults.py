@@ -7,22 +7,26 @@ lock test, whose second trainer is a subprocess that stops before compiling anyt
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from jax.sharding import PartitionSpec as P
 from test_checkpoint import _random_state, checkpointer_for, save_state, small_setup, tiny
 
 import olmo_jax.checkpoint
 import olmo_jax.loop
-from olmo_jax.checkpoint import all_finite, first_nonfinite, restore_latest, restore_params
+from olmo_jax.checkpoint import all_finite, first_nonfinite, host_all_finite, restore_latest, restore_params
 from olmo_jax.errors import CheckpointReadError, CheckpointSaveError, NonFiniteStateError, RunLockedError
 from olmo_jax.loop import fit
 from olmo_jax.run_lock import RunLock
@@ -47,19 +51,21 @@ def test_a_non_finite_state_is_never_saved_and_a_non_finite_checkpoint_counts_as
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     config, setup = small_setup()
+    config = dataclasses.replace(config, save_num_checkpoints_to_keep=1)  # step 2 would retire step 1
     abstract = abstract_state(setup)
     good = _random_state(abstract, 1)._replace(step=np.int32(1), nonfinite_steps=np.int32(0))
     bad = _poisoned(good._replace(step=np.int32(2)), "ff_out")
-    with checkpointer_for(tmp_path, config) as checkpointer:
-        save_state(checkpointer, good)
-        with pytest.raises(NonFiniteStateError, match=r"after step 2 holds NaN or Inf in params/ff_out; it was not"):
-            save_state(checkpointer, bad)
-    assert _steps_dir(tmp_path) == ["1"]
+    with pytest.raises(NonFiniteStateError, match=r"after step 2 holds NaN or Inf in params/ff_out; it was not saved"):
+        with checkpointer_for(tmp_path, config) as checkpointer:
+            save_state(checkpointer, good)
+            save_state(checkpointer, bad)  # returns at once: the check runs in the background
+    assert [name for name in _steps_dir(tmp_path) if name.isdigit()] == ["1"]
+    assert restore_latest(tmp_path / "checkpoints", abstract.params, abstract.opt_state).meta.step == 1
 
     # A NaN checkpoint from elsewhere (written without the check): restoring it warns, names the tensor, and
     # falls back to the previous step.
-    monkeypatch.setattr(olmo_jax.checkpoint, "first_nonfinite", lambda tree: None)
-    with checkpointer_for(tmp_path, config) as checkpointer:
+    monkeypatch.setattr(olmo_jax.checkpoint, "nonfinite_probe", lambda tree: lambda: None)
+    with checkpointer_for(tmp_path, dataclasses.replace(config, save_num_checkpoints_to_keep=2)) as checkpointer:
         save_state(checkpointer, bad)
     monkeypatch.undo()
     with caplog.at_level(logging.WARNING, logger="olmo_jax.checkpoint"):
@@ -67,6 +73,35 @@ def test_a_non_finite_state_is_never_saved_and_a_non_finite_checkpoint_counts_as
     assert start.meta.step == 1
     assert "holds NaN or Inf in params/ff_out" in caplog.text
     assert [name.split("-")[0] for name in _steps_dir(tmp_path)] == ["1", "2.corrupt"]
+
+
+def test_a_step_is_published_only_once_its_state_is_known_to_be_finite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, setup = small_setup()
+    config = dataclasses.replace(config, save_num_checkpoints_to_keep=1)
+    abstract = abstract_state(setup)
+    states = {step: _random_state(abstract, step)._replace(step=np.int32(step), nonfinite_steps=0) for step in (1, 2)}
+    release = threading.Event()
+    real_probe = olmo_jax.checkpoint.nonfinite_probe
+
+    def held_probe(tree):  # the check of step 2 answers only when released
+        answer = real_probe(tree)
+        return lambda: answer() if release.wait(60) else "nothing: the test never released the check"
+
+    with checkpointer_for(tmp_path, config) as checkpointer:
+        save_state(checkpointer, states[1])
+        checkpointer.wait_until_finished()
+        monkeypatch.setattr(olmo_jax.checkpoint, "nonfinite_probe", held_probe)
+        save_state(checkpointer, states[2])
+        monkeypatch.undo()
+        time.sleep(1.0)  # Orbax writes the arrays meanwhile
+        # What a process killed now would leave: step 2 under Orbax's temporary name only, step 1 the latest
+        # (and kept: retention waits for step 2 to be published).
+        assert _steps_dir(tmp_path) == ["1", "2.orbax-checkpoint-tmp"]
+        assert restore_latest(tmp_path / "checkpoints", abstract.params, abstract.opt_state).meta.step == 1
+        release.set()
+    assert _steps_dir(tmp_path) == ["2"]
 
 
 def _tiny_run(**overrides: object):
@@ -108,6 +143,35 @@ def test_nan_parameters_in_a_run_stop_it_and_the_last_good_checkpoint_is_kept(
         fit(config, run_dir, devices=jax.devices()[:1])
     assert _steps_dir(run_dir) == ["2"]  # retention kept the newest good step; nothing after it was saved
     assert all(np.isfinite(v).all() for v in restore_params(run_dir / "checkpoints" / "2").values())
+
+
+def test_a_non_finite_optimizer_state_in_a_run_is_never_saved_and_stops_it_at_the_next_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token_file: str
+) -> None:
+    # An Inf in an Adam second moment leaves losses and gradients finite (the update divides by its root), so
+    # only the check of the saved state can see it.
+    config = _tiny_run(max_duration=4, save_interval=1, save_num_checkpoints_to_keep=1, data__paths=f"['{token_file}']")
+    real = olmo_jax.loop.Steps.__call__
+    trained: list[int] = []
+
+    def poisoning(self, state, update, batch):  # step 3 leaves an Inf in nu of wte
+        state, metrics = real(self, state, update, batch)
+        trained.append(update)
+        if update == 3:
+            adam = state.opt_state.inner_state[1][0]
+            adam = adam._replace(nu={**adam.nu, "wte": adam.nu["wte"].at[0, 0].set(np.inf)})
+            inner = (state.opt_state.inner_state[0], (adam, *state.opt_state.inner_state[1][1:]))
+            state = state._replace(opt_state=state.opt_state._replace(inner_state=inner))
+        return state, metrics
+
+    monkeypatch.setattr(olmo_jax.loop.Steps, "__call__", poisoning)
+    run_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteStateError, match=r"after step 3 holds NaN or Inf in opt_state/\S*nu/wte; it was not"):
+        fit(config, run_dir, devices=jax.devices()[:1])
+    assert trained == [1, 2, 3, 4]  # stopped at the first step boundary after the check, no later than the next save
+    assert [name for name in _steps_dir(run_dir) if name.isdigit()] == ["2"]  # the newest good step, kept
+    abstract = abstract_state(small_setup()[1])
+    assert restore_latest(run_dir / "checkpoints", abstract.params, abstract.opt_state).meta.step == 2
 
 
 def test_bytes_flipped_in_a_checkpoint_array_fall_back_to_the_previous_step(
@@ -236,18 +300,29 @@ def test_a_second_trainer_on_a_run_directory_exits_2_naming_the_first_and_change
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_the_finiteness_check_finds_any_nan_or_inf_and_passes_large_finite_values(dtype):
-    # Large arrays too: XLA's vectorised CPU max/min reductions lose NaNs there (a check built on them passes
-    # the small case and misses every one of these).
+def test_the_finiteness_checks_find_any_nan_or_inf_and_pass_large_finite_values(dtype):
+    # Both checks: XLA's (`all_finite`, on devices) and numpy's (`host_all_finite`, on host buffers: what the
+    # Checkpointer uses on CPU). Large arrays too: XLA's vectorised CPU max/min reductions lose NaNs there (a
+    # check built on them passes the small case and misses every one of these), and the host check works in
+    # chunks, so a bad value is placed in the first, a middle and the last one.
     for shape in ((4, 256), (2048, 4096)):
         for bad in (np.nan, np.inf, -np.inf):
             for position in (0, 517, int(np.prod(shape)) // 3, int(np.prod(shape)) - 1):
                 values = np.ones(shape, np.float32)
                 values.flat[position] = bad
-                assert not bool(all_finite(jax.numpy.asarray(values, dtype))), (shape, bad, position)
+                array = jax.numpy.asarray(values, dtype)
+                assert not bool(all_finite(array)), (shape, bad, position)
+                assert not host_all_finite(np.asarray(array)), (shape, bad, position)
     # The largest finite values of both signs are finite (nothing overflows).
     big = float(jax.numpy.finfo(dtype).max)
-    assert bool(all_finite(jax.numpy.asarray([big, -big, 0.0], dtype)))
-    assert bool(all_finite(jax.numpy.zeros((0, 3), dtype)))
+    for finite in (jax.numpy.asarray([big, -big, 0.0], dtype), jax.numpy.zeros((0, 3), dtype)):
+        assert bool(all_finite(finite)) and host_all_finite(np.asarray(finite))
     tree = {"params": {"a": np.ones(3, np.float32), "b": np.array([1.0, np.nan], np.float32)}, "n": np.arange(3)}
     assert first_nonfinite(tree) == "params/b"
+    # jax.Arrays sharded over several (fake CPU) devices: each shard is looked at.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("x",))
+    values = np.ones((8, 64), np.float32)
+    values[7, 63] = np.inf
+    sharded = jax.device_put(jax.numpy.asarray(values, dtype), jax.sharding.NamedSharding(mesh, P("x")))
+    assert len(sharded.addressable_shards) == 4
+    assert first_nonfinite({"ok": sharded[:4], "bad": sharded}) == "bad"
