@@ -216,3 +216,23 @@ def test_a_bad_prompts_file_is_one_error_line_and_exit_2(checkpoint, tmp_path, c
     assert generate_main([f"--model={checkpoint}", f"--prompts={prompts}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(message, err[0])
+
+
+def test_generation_on_a_mesh_equals_one_device(olmo1):
+    """Weights sharded ZeRO-3 style over 8 (fake) devices, the prompt batch split over them: same tokens."""
+    from olmo_jax.config import MeshConfig
+    from olmo_jax.model import abstract_model
+    from olmo_jax.sharding import make_mesh, param_shardings
+
+    _, ours = olmo1
+    batch = (prompts(0) * 3)[:8]  # 8 rows: one per device
+    expected = ours.generate(batch, max_new_tokens=NEW)
+    mesh = make_mesh(MeshConfig(data=1, fsdp=8), jax.devices()[:8])
+    graphdef, state = nnx.split(ours.model)
+    shardings = param_shardings(nnx.state(abstract_model(ours.config), nnx.Param), mesh)
+    sharded = {name: jax.device_put(value, shardings[name]) for name, value in nnx.to_pure_dict(state).items()}
+    nnx.replace_by_pure_dict(state, sharded)
+    model = nnx.merge(graphdef, state)
+    assert len(model.wte[...].sharding.device_set) == 8
+    with jax.set_mesh(mesh):
+        assert generate(model, batch, Sampling(max_new_tokens=NEW)) == expected
