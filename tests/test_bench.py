@@ -219,6 +219,18 @@ def test_chunked_cross_entropy_gives_the_plain_loss_and_gradients(plain_loss, ch
         np.testing.assert_allclose(chunked_grads[name], plain_grads[name], atol=1e-5 * scale, err_msg=name)
 
 
+def test_plain_cross_entropy_makes_logits_only_for_positions_with_a_label():
+    graphdef, params, config = small_model()
+    batch, seq, vocab = 3, 20, config.padded_vocab_size
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    grad = jax.jit(jax.grad(lambda p, t: loss_terms(graphdef, p, t, 1)[0]))
+    program = grad.lower(abstract, jax.ShapeDtypeStruct((batch, seq), jnp.int32)).as_text()
+    # Logits for all T positions, sliced afterwards, cost a copy of them and a padded gradient (6% of
+    # tiny's CPU step); the last position has no next token, so the LM head never sees it.
+    assert f"{batch}x{seq - 1}x{vocab}xf32" in program
+    assert f"{batch}x{seq}x{vocab}xf32" not in program
+
+
 def train_two_steps(mesh_sizes: tuple[int, int, int], chunk: int | None):
     """(ce and z losses, final params) after two steps of a 1-layer SMOKE model with z-loss on a mesh."""
     data, fsdp, tensor = mesh_sizes
