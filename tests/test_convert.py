@@ -315,7 +315,7 @@ def test_a_failure_while_writing_leaves_nothing_at_out(
     run_config = TrainConfig(model=config, tokenizer=TokenizerConfig(identifier=str(tokenizer)))
     write_params_checkpoint(tmp_path / "run", 0, host_params(OLMo(config, rngs=nnx.Rngs(0))), run_config)
 
-    def disk_full(*args: object) -> list[str]:
+    def disk_full(*args: object, **kwargs: object) -> list[str]:
         raise OSError(28, "No space left on device")
 
     # The tokenizer is written last, after every weight shard: the latest point a conversion can fail.
