@@ -14,7 +14,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from checkpoint_support import read_train_meta
 
 import olmo_jax.loop
 from olmo_jax import sharding
@@ -24,6 +23,7 @@ from olmo_jax.checkpoint import (
     CheckpointMismatchError,
     TrainMeta,
     read_config,
+    read_train_meta,
     restore_latest,
     restore_params,
     starting_checkpoint,

@@ -15,10 +15,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from checkpoint_support import read_train_meta
 from test_checkpoint import tiny
 
 from olmo_jax import energy
+from olmo_jax.checkpoint import read_train_meta
 from olmo_jax.config import EnergyConfig, load_config
 from olmo_jax.energy import EnergyMeter, PowerSampler, RaplPower, footprint
 from olmo_jax.errors import ConfigError

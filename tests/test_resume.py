@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from checkpoint_support import read_train_meta
+
+from olmo_jax.checkpoint import read_train_meta
 
 RUN = [
     "--config=tiny",
