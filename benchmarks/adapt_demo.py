@@ -51,7 +51,9 @@ def reward_accuracy(run_dir: Path) -> tuple[float, int]:
         policy = compute_reference_logps(graphdef, params, source, config.global_train_batch_size, batch_sharding(mesh))
     with np.load(run_dir / CACHE_NAME) as cached:
         reference = cached["logps"]
-    counts = np.stack([(source.label_mask[:, 1:] > 0) & (source.segment_ids[:, 1:] == s) for s in (1, 2)], 1).sum(-1)
+    segments = source.segment_ids
+    counted = (source.label_mask[:, 1:] > 0) & (segments[:, 1:] == segments[:, :-1])  # as `label_logprobs`
+    counts = np.stack([counted & (segments[:, 1:] == s) for s in (1, 2)], 1).sum(-1)
     adapt = config.adapt
     _, rewards = preference_loss(
         policy, reference, counts.astype(np.float32), adapt.dpo_loss, adapt.beta, gamma=adapt.simpo_gamma

@@ -236,3 +236,40 @@ def test_generation_on_a_mesh_equals_one_device(olmo1):
     assert len(model.wte[...].sharding.device_set) == 8
     with jax.set_mesh(mesh):
         assert generate(model, batch, Sampling(max_new_tokens=NEW)) == expected
+
+
+def test_a_fine_tuned_model_answers_prompts_as_user_turns_of_its_template(tmp_path, capsys):
+    """The run's chat template travels with the checkpoint and its HF export; generate applies it."""
+    from olmo_jax.adapt.chat import encode_chat
+    from olmo_jax.config import AdaptConfig
+    from olmo_jax.convert.checkpoints import to_hf
+
+    tokenizer = train_tokenizer(tmp_path / "tokenizer.json")
+    model = tiny_config(vocab_size=400, max_length=128, eos_token_id=0, pad_token_id=1)
+    config = TrainConfig(
+        model=model,
+        tokenizer=TokenizerConfig(identifier=str(tokenizer)),
+        objective="sft",
+        adapt=AdaptConfig(train_files=["chat.jsonl"], chat_template="olmo"),
+    )
+    params = nnx.to_pure_dict(nnx.state(OLMo(model, rngs=nnx.Rngs(0)), nnx.Param))
+    write_params_checkpoint(tmp_path / "run", 0, params, config)
+    pretrained = from_pretrained(tmp_path / "run")
+    assert pretrained.chat_template == "olmo"
+    to_hf(tmp_path / "run", tmp_path / "hf")
+    assert from_pretrained(tmp_path / "hf").chat_template == "olmo"
+
+    prompt = "The roof"
+    ids = encode_chat(
+        pretrained.tokenizer(), [{"role": "user", "content": prompt}], "olmo", add_generation_prompt=True
+    )[0]
+    chat = pretrained.tokenizer().decode(pretrained.generate([ids.tolist()], max_new_tokens=8)[0])
+    plain = pretrained.generate([prompt], max_new_tokens=8)[0]
+    for flag, expected in (("auto", chat), ("none", plain)):
+        assert (
+            generate_main(
+                [f"--model={tmp_path / 'run'}", f"--prompt={prompt}", "--max_new_tokens=8", f"--chat_template={flag}"]
+            )
+            == 0
+        )
+        assert json.loads(capsys.readouterr().out)["completion"] == expected

@@ -52,6 +52,16 @@ def test_warmup_min_lr_and_explicit_t_max():
     assert lr_at(150, PEAK, scheduler, t_max=10_000) == pytest.approx(5.5e-4)
 
 
+def test_warmup_ratio_replaces_t_warmup_with_a_share_of_the_run_rounded_up():
+    # Open-Instruct's warmup_ratio: 3% of a 1000-step run is 30 steps; 3% of 990 is 29.7, so 30 too.
+    ratio = sched(name="linear_with_warmup", warmup_min_lr=0.0, alpha_f=0.0, t_warmup=5, warmup_ratio=0.03)
+    steps = sched(name="linear_with_warmup", warmup_min_lr=0.0, alpha_f=0.0, t_warmup=30)
+    for t_max in (1000, 990):
+        for t in (1, 15, 29, 30, 31, 500, t_max):
+            assert lr_at(t, PEAK, ratio, t_max) == pytest.approx(lr_at(t, PEAK, steps, t_max))
+    assert lr_at(15, PEAK, ratio, 1000) == pytest.approx(PEAK / 2)
+
+
 def test_token_units_read_tokens_not_steps():
     scheduler = sched(name="cosine_with_warmup", units="tokens", t_warmup=1000)
     # Update 3 after 500 tokens: halfway through a 1000-token warmup.

@@ -98,7 +98,7 @@ class DataPipeline:
         indices = self.order.indices(cursor)
         rows = np.arange(len(indices)) if rows is None else np.asarray(rows)
         tokens = self.source.read(indices[rows])
-        fields = self.source.read_fields(indices[rows]) if hasattr(self.source, "read_fields") else {}
+        fields = self.source.read_fields(indices[rows])
         fingerprint = batch_fingerprint(self.source.identity, indices)
         next_cursor = self.plan.next_cursor(cursor)
         return HostBatch(cursor.step, indices, rows, tokens, fingerprint, cursor, next_cursor, fields)

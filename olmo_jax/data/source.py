@@ -280,6 +280,10 @@ class InstanceSource:
                 self._memmaps[k] = np.memmap(f.path, dtype=f.dtype, mode="r", shape=(f.num_tokens,))
             return self._memmaps[k]
 
+    def read_fields(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """Arrays besides the tokens: none for token files (fine-tuning rows have some, `olmo_jax.adapt.data`)."""
+        return {}
+
     def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """The tokens of `indices` as an int32 array [len(indices), seq_len]; ids ≥ vocab_size are an error."""
         indices = np.asarray(indices, dtype=np.int64)
