@@ -1,18 +1,22 @@
-"""What the power sampler costs the train step: step time without (A) and with (B) it, alternating A B A B.
+"""What the power sampler costs the train step: step time without (A) and with (B) it, alternating per step.
 
-Builds a preset's train step on one device and times rounds of steps on synthetic tokens, each round
-alternately without and with a `PowerSampler` reading every `--interval` seconds on its thread, so that
-drift of a shared machine falls on both arms alike. Each step waits for its result (as the loop does on
-CPUs). Prints the median step time of each arm (medians of the per-round medians) and the difference, and
-the time of one reading (what the thread does each interval) as a share of one core: the figure that
-a busy shared machine does not blur.
+Builds a preset's train step on one device and times single steps on synthetic tokens in pairs, one step
+without the sampler and one with a `PowerSampler` reading every `--interval` seconds on its thread (started
+just before the step and stopped after it; a step is timed from its call to its result). Pairs alternate
+their order (A B, then B A) and are short, so drift of a shared machine (other work, clock changes) falls on both arms
+alike; alternating whole rounds of steps left a noise of several percent on this 2-core machine, more than
+the 1% the sampler must stay under. Each step waits for its result (as the loop does on CPUs).
+
+Prints the median of the pairs' relative differences, with a 95% bootstrap interval of that median, the
+median step time of each arm, and the time of one reading (what the thread does each interval) as a share
+of one core: the figure that a busy shared machine does not blur.
 
 The source is `--source=fixed` (the default: a power reading every `--interval`, the most wake-ups the
 sampler makes, as for NVML's power fallback), `--source=file` (the RAPL reader on a temporary powercap
 tree: an energy counter, read once a second) or `--source=auto` (what a run would read here: NVML,
 amdsmi or RAPL; an error where nothing is readable).
 
-    python benchmarks/bench_energy.py --config=tiny --rounds=10 --steps=20
+    python benchmarks/bench_energy.py --config=tiny --pairs=100
     python benchmarks/bench_energy.py --config=1b --source=auto          # on a GPU machine
 """
 
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -47,23 +50,26 @@ def fake_powercap(root: Path) -> Path:
     return root
 
 
-def time_steps(step, state, tokens, n: int) -> tuple[object, list[float]]:
-    """`n` steps, each waited for; the state after them and each step's seconds."""
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        state, metrics = step(state, tokens, 1e-3, 1.0)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    return state, times
+def one_step(step, state, tokens) -> tuple[object, float]:
+    """One step, waited for: the state after it and its seconds."""
+    start = time.perf_counter()
+    state, metrics = step(state, tokens, 1e-3, 1.0)
+    jax.block_until_ready(metrics)
+    return state, time.perf_counter() - start
+
+
+def median_interval(values: np.ndarray, rng: np.random.Generator, draws: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median of `values`."""
+    medians = np.median(rng.choice(values, size=(draws, len(values)), replace=True), axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="tiny", help="preset or YAML file (default: tiny)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
-    parser.add_argument("--rounds", type=int, default=10, help="rounds per arm, alternating A B (default: 10)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per round (default: 20)")
+    parser.add_argument("--pairs", type=int, default=100, help="timed pairs of steps (default: 100)")
     parser.add_argument("--interval", type=float, default=0.025, help="seconds between readings (default: 0.025)")
     parser.add_argument("--source", choices=("fixed", "file", "auto"), default="fixed", help="what the sampler reads")
     parser.add_argument("--json", action="store_true", help="print one JSON record instead of the summary")
@@ -91,16 +97,19 @@ def main() -> None:
                 raise SystemExit(f"bench_energy: {line}")
             return found
 
-        state, _ = time_steps(step, state, tokens, 3)  # compile and warm up
-        medians: dict[str, list[float]] = {"without": [], "with": []}
-        for _ in range(args.rounds):
-            for arm in ("without", "with"):
-                sampler = PowerSampler(open_source(), args.interval) if arm == "with" else None
-                state, times = time_steps(step, state, tokens, args.steps)
-                if sampler is not None:
+        for _ in range(3):  # compile and warm up
+            state, _ = one_step(step, state, tokens)
+        times: dict[str, list[float]] = {"without": [], "with": []}
+        for pair in range(args.pairs):
+            for arm in ("without", "with") if pair % 2 == 0 else ("with", "without"):
+                if arm == "with":
+                    sampler = PowerSampler(open_source(), args.interval)
+                    state, seconds = one_step(step, state, tokens)
                     source_name, reading_every = sampler.source.name, sampler.interval
                     sampler.close()
-                medians[arm].append(statistics.median(times))
+                else:
+                    state, seconds = one_step(step, state, tokens)
+                times[arm].append(seconds)
 
         # The sampler's own cost, which does not depend on how busy the machine is: one reading and its
         # integration (what the thread does every interval), timed over many calls.
@@ -112,17 +121,19 @@ def main() -> None:
         per_reading = (time.perf_counter() - started) / calls
         sampler.close()
 
-    without, with_sampler = (statistics.median(medians[arm]) for arm in ("without", "with"))
+    without, with_sampler = (np.asarray(times[arm]) for arm in ("without", "with"))
+    relative = 100 * (with_sampler - without) / without
+    low, high = median_interval(relative, rng)
     record = {
         "config": args.config,
         "source": DESCRIBED.get(args.source, source_name),
         "reading_every_s": reading_every,
         "interval_s": args.interval,
-        "rounds": args.rounds,
-        "steps_per_round": args.steps,
-        "step_ms_without": 1e3 * without,
-        "step_ms_with": 1e3 * with_sampler,
-        "overhead_percent": 100 * (with_sampler - without) / without,
+        "pairs": args.pairs,
+        "step_ms_without": 1e3 * float(np.median(without)),
+        "step_ms_with": 1e3 * float(np.median(with_sampler)),
+        "overhead_percent": float(np.median(relative)),
+        "overhead_percent_95": [low, high],
         "us_per_reading": 1e6 * per_reading,
         "core_percent": 100 * per_reading / reading_every,
         "device": jax.devices()[0].device_kind,
@@ -132,8 +143,9 @@ def main() -> None:
     else:
         print(
             f"{args.config} on {record['device']}: step {record['step_ms_without']:.2f} ms without the sampler, "
-            f"{record['step_ms_with']:.2f} ms with it reading {record['source']} every {reading_every * 1e3:g} ms "
-            f"({record['overhead_percent']:+.2f}%; medians of {args.rounds} alternating rounds of {args.steps} steps); "
+            f"{record['step_ms_with']:.2f} ms with it reading {record['source']} every {reading_every * 1e3:g} ms; "
+            f"difference {record['overhead_percent']:+.2f}% (95% interval {low:+.2f}% to {high:+.2f}%; medians of "
+            f"{args.pairs} alternating pairs of steps); "
             f"one reading takes {record['us_per_reading']:.1f} us, {record['core_percent']:.3f}% of one core"
         )
 

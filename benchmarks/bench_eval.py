@@ -18,6 +18,11 @@ each scoring every task unshared then shared (A B A B ...), and reports each mod
 and median wall time, their ratios, and whether both modes picked the same answers:
 
     python benchmarks/bench_eval.py --tasks core9 --limit 200 --max_length 2048 --compare 3
+
+`--count` plans both modes without running the model (seconds, even for the full sets): tokens fed, rows,
+and tokens with padding, as `--compare` reports them:
+
+    python benchmarks/bench_eval.py --tasks core9 --max_length 2048 --count
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import jax
 
 from olmo_jax.eval import olmes_scoring
 from olmo_jax.eval.downstream import prepare_task, score_task
+from olmo_jax.eval.evaluator import score_likelihood_tasks
 from olmo_jax.eval.olmes import find_olmes_root
 from olmo_jax.eval.scoring import Request, Scorer
 from olmo_jax.eval.sources import load_rows
@@ -54,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=32, help="rows per forward pass (default 32)")
     p.add_argument("--no_share_contexts", action="store_true", help="one row per request (see --compare)")
     p.add_argument("--compare", type=int, metavar="N", help="N alternating rounds of unshared vs shared scoring")
+    p.add_argument("--count", action="store_true", help="plan both modes, run nothing: tokens, rows, padding")
+    p.add_argument("--pack_length", type=int, help="packed row length (default: the scorer's choice for the model)")
     p.add_argument("--out", type=Path, help="also write the measurements as JSON here")
     return p.parse_args()
 
@@ -99,12 +107,37 @@ def prepare(task, args: argparse.Namespace, tokenizer):
     return prepare_task(task, all_rows[: args.limit], tokenizer), score_task, len(all_rows)
 
 
-def compare(args: argparse.Namespace, model, tokenizer, max_length: int) -> dict:
-    """Unshared (A) and shared (B) scoring of every task, alternating A B A B ...; medians and ratios."""
-    scorers = {
-        mode: Scorer(model, max_length, args.batch_size, pad_token_id=tokenizer.pad_token_id or 0, share_contexts=share)
+def scorers_of(args: argparse.Namespace, model, tokenizer, max_length: int) -> dict[str, Scorer]:
+    """The unshared (A) and shared (B) scorers."""
+    return {
+        mode: Scorer(
+            model,
+            max_length,
+            args.batch_size,
+            pad_token_id=tokenizer.pad_token_id or 0,
+            share_contexts=share,
+            pack_length=args.pack_length,
+        )  # fmt: skip
         for mode, share in (("unshared", False), ("shared", True))
     }
+
+
+def layout(scorers: dict[str, Scorer], tasks: list) -> dict:
+    """Per mode: rows, tokens fed and tokens with padding of one pass over every task's requests."""
+    requests = [r for prepared, _, _ in tasks for r in prepared.requests]
+    out = {}
+    for mode, scorer in scorers.items():
+        rows, tokens, padded = scorer.count(requests)
+        out[mode] = {"rows": rows, "tokens": tokens, "padded_tokens": padded}
+    out["pack_length"] = scorers["shared"].pack_length
+    out["tokens_ratio"] = round(out["unshared"]["tokens"] / out["shared"]["tokens"], 3)
+    out["padded_ratio"] = round(out["unshared"]["padded_tokens"] / out["shared"]["padded_tokens"], 3)
+    return out
+
+
+def compare(args: argparse.Namespace, model, tokenizer, max_length: int) -> dict:
+    """Unshared (A) and shared (B) scoring of every task, alternating A B A B ...; medians and ratios."""
+    scorers = scorers_of(args, model, tokenizer, max_length)
     for scorer in scorers.values():
         compile_buckets(scorer)
     tasks = [prepare(task, args, tokenizer) for task in resolve_tasks(args.tasks)]
@@ -113,7 +146,7 @@ def compare(args: argparse.Namespace, model, tokenizer, max_length: int) -> dict
     for _ in range(args.compare):
         for mode, scorer in scorers.items():
             started = time.perf_counter()
-            results[mode] = [score(prepared, scorer) for prepared, score, _ in tasks]
+            results[mode] = score_likelihood_tasks([prepared for prepared, _, _ in tasks], scorer)
             seconds[mode].append(time.perf_counter() - started)
             print(f"{mode}: {seconds[mode][-1]:.1f}s", flush=True)
     out = {
@@ -125,14 +158,10 @@ def compare(args: argparse.Namespace, model, tokenizer, max_length: int) -> dict
         "rounds": args.compare,
         "requests": sum(r.requests for r in results["shared"]),
     }
+    out.update(layout(scorers, tasks))
     for mode in scorers:
-        out[mode] = {
-            "tokens": sum(r.tokens for r in results[mode]),
-            "rows": sum(r.rows for r in results[mode]),
-            "seconds": [round(s, 2) for s in seconds[mode]],
-            "median_s": round(statistics.median(seconds[mode]), 2),
-        }
-    out["tokens_ratio"] = round(out["unshared"]["tokens"] / out["shared"]["tokens"], 3)
+        out[mode]["seconds"] = [round(s, 2) for s in seconds[mode]]
+        out[mode]["median_s"] = round(statistics.median(seconds[mode]), 2)
     out["speedup"] = round(out["unshared"]["median_s"] / out["shared"]["median_s"], 3)
     out["same_metrics"] = all(
         a.metrics == b.metrics for a, b in zip(results["unshared"], results["shared"], strict=True)
@@ -143,8 +172,14 @@ def compare(args: argparse.Namespace, model, tokenizer, max_length: int) -> dict
 def main() -> None:
     args = parse_args()
     model, tokenizer, max_length = load_model(args.model, args.max_length)
-    if args.compare:
-        summary = compare(args, model, tokenizer, max_length)
+    if args.count or args.compare:
+        if args.count:
+            tasks = [prepare(task, args, tokenizer) for task in resolve_tasks(args.tasks)]
+            summary = {"tasks": args.tasks, "limit": args.limit, "max_length": max_length}
+            summary["requests"] = sum(len(prepared.requests) for prepared, _, _ in tasks)
+            summary.update(layout(scorers_of(args, model, tokenizer, max_length), tasks))
+        else:
+            summary = compare(args, model, tokenizer, max_length)
         print(json.dumps(summary), flush=True)
         if args.out is not None:
             args.out.write_text(json.dumps(summary, indent=1))

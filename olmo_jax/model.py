@@ -496,9 +496,13 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None) -> float:
     the LM head; a layer attends to T keys (T/2 on average under the causal mask, counted as OLMo does,
     i.e. 12 L d T for full attention) or to its window."""
     t = seq_len or config.max_sequence_length
-    d, n_layers = config.d_model, config.n_layers
+    keys = sum(min(t, config.layer_window(i) or t) for i in range(config.n_layers))
+    return 6.0 * matmul_params(config) + 12.0 * config.d_model * keys
+
+
+def matmul_params(config: ModelConfig) -> int:
+    """Parameters that multiply every token (the blocks' projections and the LM head; not embeddings, norms)."""
+    d = config.d_model
     q_width, kv_width = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
     per_layer = d * (q_width + 2 * kv_width) + q_width * d + d * config.ff_proj_size + config.hidden_size * d
-    matmul_params = n_layers * per_layer + d * config.padded_vocab_size
-    keys = sum(min(t, config.layer_window(i) or t) for i in range(n_layers))
-    return 6.0 * matmul_params + 12.0 * d * keys
+    return config.n_layers * per_layer + d * config.padded_vocab_size

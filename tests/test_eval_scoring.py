@@ -186,3 +186,53 @@ def test_real_task_requests_score_the_same_shared_or_not(shared_data):
         tokens[task.name] = (a.tokens, b.tokens)
     assert tokens["hellaswag"][0] * 1.4 < tokens["hellaswag"][1]  # four long endings of one context (582 -> 403)
     assert tokens["boolq"][0] <= tokens["boolq"][1]  # one-token answers: one row either way
+
+
+def test_questions_pack_into_rows_of_the_pack_length_and_score_the_same(model):
+    """Unrelated inputs share a row (seeing nothing of each other) up to `pack_length` tokens; a longer one keeps
+    its own row. Numbers as one request per row (<= 1e-4 nats, fp32 reduction order)."""
+    rng = np.random.default_rng(5)
+    # Each input starts with its own token: they share nothing.
+    requests = [
+        Request((2 + i, *rng.integers(2, VOCAB, int(n)).tolist()), (7, 8))
+        for i, n in enumerate(rng.integers(2, 11, 30))
+    ]
+    requests.append(Request((40, *rng.integers(2, VOCAB, 29).tolist()), (9,)))  # 30 tokens: longer than 24
+    expected = np.array([reference(model, r) for r in requests])
+    one_per_row = Scorer(model, MAX_LENGTH, batch_size=4, share_contexts=False).score(requests)
+    for pack_length in (MAX_LENGTH, 24):
+        scorer = Scorer(model, MAX_LENGTH, batch_size=4, pack_length=pack_length)
+        scores = scorer.score(requests)
+        np.testing.assert_allclose(scores.loglikelihood, expected, atol=1e-4, rtol=0)
+        assert scores.tokens == one_per_row.tokens  # nothing shared between these inputs: only the rows change
+        # Best fit by decreasing length: within 11/9 of the fewest rows the tokens need, plus one (the proven
+        # bound), and one more for the tree longer than 24.
+        fewest = np.ceil(scores.tokens / pack_length)
+        assert scores.rows <= 11 / 9 * fewest + 2
+        assert scores.rows < one_per_row.rows / 2
+        rows, tokens, padded = scorer.count(requests)  # the plan alone, the model not run
+        assert (rows, tokens) == (scores.rows, scores.tokens) and tokens <= padded <= 4 * MAX_LENGTH * np.ceil(rows / 4)
+
+
+def test_tasks_scored_in_one_pass_equal_scored_alone(model):
+    """`score_groups` packs several tasks' rows into the same batches: each task's numbers are those of its own
+    pass, its tokens those of the inputs it brought (all of them, together, the pass's)."""
+    rng = np.random.default_rng(6)
+
+    def question():  # about 8 tokens: 5 fit a row
+        context = tuple(rng.integers(2, VOCAB, 4).tolist())
+        return [Request(context, tuple(rng.integers(2, VOCAB, int(n)).tolist())) for n in rng.integers(1, 4, 2)]
+
+    groups = [[r for _ in range(7) for r in question()] for _ in range(3)]
+    groups[2].append(groups[0][0])  # a request both tasks make: its row is counted for the first
+    scorer = Scorer(model, MAX_LENGTH, batch_size=4)
+    together = scorer.score_groups(groups)
+    alone = [scorer.score(group) for group in groups]
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(a.loglikelihood, b.loglikelihood, atol=1e-4, rtol=0)
+        assert a.scored_tokens.tolist() == b.scored_tokens.tolist() and a.truncated.tolist() == b.truncated.tolist()
+    one_pass = scorer.score([r for g in groups for r in g])
+    assert sum(s.tokens for s in together) == one_pass.tokens
+    assert together[0].tokens == alone[0].tokens and together[2].tokens < alone[2].tokens
+    assert one_pass.rows < sum(s.rows for s in alone)  # the tasks' last rows filled each other
+    assert max(s.rows for s in together) <= one_pass.rows  # a task's rows: those holding its requests

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from olmo_jax.errors import EvalError
-from olmo_jax.eval.scoring import Request, Scorer
+from olmo_jax.eval.scoring import Request, Scorer, Scores
 from olmo_jax.eval.tasks import METRICS, Question, Task
 
 
@@ -160,10 +160,13 @@ def accuracy(scores: np.ndarray, question_of: np.ndarray, labels: np.ndarray) ->
     return correct / len(labels)
 
 
-def score_task(prepared: PreparedTask, scorer: Scorer, save_requests: bool = False, progress=None) -> TaskResult:
-    """Score `prepared` with `scorer` and compute every metric of METRICS."""
+def score_task(
+    prepared: PreparedTask, scorer: Scorer, save_requests: bool = False, progress=None, scores: Scores | None = None
+) -> TaskResult:
+    """Score `prepared` with `scorer` (or take its `scores`, from a pass over several tasks) and compute every
+    metric of METRICS."""
+    scores = scores if scores is not None else scorer.score(prepared.requests, progress=progress)
     started = time.perf_counter()
-    scores = scorer.score(prepared.requests, progress=progress)
     n = len(prepared.question_of)
     conditional, unconditional = scores.loglikelihood[:n], scores.loglikelihood[n:]
     normalised = {
@@ -207,6 +210,6 @@ def score_task(prepared: PreparedTask, scorer: Scorer, save_requests: bool = Fal
         rows=scores.rows,
         tokens=scores.tokens,
         truncated=int(scores.truncated.sum()),
-        seconds=time.perf_counter() - started,
+        seconds=scores.seconds + time.perf_counter() - started,
         request_log=log,
     )

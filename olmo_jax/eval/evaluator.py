@@ -168,23 +168,46 @@ class Evaluator:
         started = time.perf_counter()
         scorer = self._scorer_for(model, batch_size, mesh)
         results = EvalResults()
+        likelihood = [p for p in self.tasks if not isinstance(p, PreparedGenerativeTask)]
+        progress = RateReporter(_label(likelihood), printer) if printer and likelihood else None
+        scored = iter(score_likelihood_tasks(likelihood, scorer, self.save_requests, progress) if likelihood else [])
         for prepared in self.tasks:
-            progress = RateReporter(prepared.task.name, printer) if printer else None
             if isinstance(prepared, PreparedGenerativeTask):
+                progress = RateReporter(prepared.task.name, printer) if printer else None
                 complete = self._completer(model)
                 result = score_generative_task(
                     prepared, complete, self.tokenizer.decode, self.save_requests, progress, batch_size
                 )
-            elif isinstance(prepared, olmes_scoring.PreparedChoiceTask):
-                result = olmes_scoring.score_choice_task(prepared, scorer, self.save_requests, progress)
             else:
-                result = score_task(prepared, scorer, self.save_requests, progress)
+                result = next(scored)
             results.tasks.append(result)
         if self.text_sets:
             progress = RateReporter("perplexity", printer) if printer else None
             results.perplexity = score_text_sets(self.text_sets, scorer, progress)
         results.seconds = time.perf_counter() - started
         return results
+
+
+def score_likelihood_tasks(
+    tasks: Sequence[PreparedTask | olmes_scoring.PreparedChoiceTask],
+    scorer: Scorer,
+    save_requests: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[TaskResult]:
+    """The tasks scored by log-likelihood (multiple choice, OLMo's and OLMES'), all in one pass of `scorer`:
+    their rows fill the same batches, so a task's last batch is not mostly padding."""
+    all_scores = scorer.score_groups([task.requests for task in tasks], progress)
+    return [
+        (olmes_scoring.score_choice_task if isinstance(task, olmes_scoring.PreparedChoiceTask) else score_task)(
+            task, scorer, save_requests, scores=scores
+        )
+        for task, scores in zip(tasks, all_scores, strict=True)
+    ]
+
+
+def _label(tasks: Sequence[PreparedTask | olmes_scoring.PreparedChoiceTask]) -> str:
+    names = [task.task.name for task in tasks]
+    return ", ".join(names) if len(names) <= 3 else f"{len(names)} tasks ({names[0]} ... {names[-1]})"
 
 
 # The trainer's evaluator, kept between calls: (key, tokenizer, evaluator).

