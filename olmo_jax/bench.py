@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from olmo_jax import atomic, cli, sharding, train
 from olmo_jax.config import TrainConfig, load_config, preset_names
+from olmo_jax.energy import PowerSampler, open_power_source
 from olmo_jax.errors import ConfigError
 from olmo_jax.model import DTYPES, attention_implementation, flops_per_token, num_params
 from olmo_jax.monitor import mfu, peak_flops_per_device
@@ -49,6 +50,8 @@ TABLE_COLUMNS: list[tuple[str, str]] = [
     ("tokens_per_second_per_device", "tokens/s/device"),
     ("mfu", "MFU"),
     ("peak_memory_bytes", "peak GiB"),
+    ("power_w", "power W"),
+    ("energy_per_step_j", "J/step"),
 ]
 
 
@@ -165,6 +168,8 @@ def make_record(
     peak_memory: int | None,
     final_loss: float,
     settings: dict[str, Any],
+    power_w: float | None = None,
+    energy_per_step_j: float | None = None,
 ) -> dict[str, Any]:
     """The result record both benchmarks print: throughput and MFU derived one way for both."""
     seq = config.sequence_length
@@ -189,6 +194,9 @@ def make_record(
         "mfu": mfu(per_device, flops_per_token, peak_flops),
         "peak_memory_bytes": peak_memory,
         "final_loss": final_loss,
+        # What this process's devices drew over the timed steps (olmo_jax.energy; None where unreadable).
+        "power_w": power_w,
+        "energy_per_step_j": energy_per_step_j,
         "steps": steps,
         "warmup_steps": warmup_steps,
         "settings": settings,
@@ -223,7 +231,9 @@ def run(config: TrainConfig, *, label: str, steps: int, warmup_steps: int, xla_f
         for _ in range(warmup_steps):
             state, metrics = step(state, tokens, lr, clip)
             jax.block_until_ready(metrics)
-        progress(f"bench: {label}: timing {steps} steps")
+        source, power_line = open_power_source(config.energy, jax.local_devices())
+        progress(f"bench: {label}: {power_line}; timing {steps} steps")
+        sampler = PowerSampler(source, config.energy.sample_interval) if source is not None else None
         start = time.perf_counter()
         for _ in range(steps):
             state, metrics = step(state, tokens, lr, clip)
@@ -231,6 +241,9 @@ def run(config: TrainConfig, *, label: str, steps: int, warmup_steps: int, xla_f
                 jax.block_until_ready(metrics)
         jax.block_until_ready((state, metrics))
         step_time = (time.perf_counter() - start) / steps
+        joules, seconds = sampler.take() if sampler is not None else (None, 0.0)
+        if sampler is not None:
+            sampler.close()
 
     final_loss = float(metrics["loss"])
     if not math.isfinite(final_loss):
@@ -254,6 +267,8 @@ def run(config: TrainConfig, *, label: str, steps: int, warmup_steps: int, xla_f
         micro_batches=setup.micro_batches,
         peak_memory=peak_memory_bytes(jax.local_devices()),
         final_loss=final_loss,
+        power_w=joules / seconds if joules is not None and seconds > 0 else None,
+        energy_per_step_j=joules / steps if joules is not None else None,
         settings={
             "attention": attention_implementation(config.model, compute_dtype),
             "remat": config.model.remat,
@@ -292,6 +307,8 @@ def _fmt(value: Any, key: str) -> str:
 def format_summary(record: dict[str, Any]) -> str:
     """A few human-readable lines for one record."""
     settings = ", ".join(f"{k}={v}" for k, v in record["settings"].items() if k != "xla_flags_added")
+    power = record.get("power_w")
+    energy = f" | {power:.0f} W, {record['energy_per_step_j']:.1f} J/step" if power is not None else ""
     lines = [
         f"{record['label']} ({record['framework']} on {record['num_devices']} x {record['device_kind']}): {settings}",
         f"  batch {record['global_batch_size']} x {record['seq_len']} tokens ({record['micro_batches']} micro-batches "
@@ -299,7 +316,8 @@ def format_summary(record: dict[str, Any]) -> str:
         f"{record['flops_per_token'] / 1e9:.2f} GFLOP/token",
         f"  compile {record['compile_time_s']:.1f} s | step {record['step_time_s'] * 1e3:.1f} ms | "
         f"{record['tokens_per_second_per_device']:,.0f} tokens/s/device | MFU {_fmt(record['mfu'], 'mfu')} | "
-        f"peak memory {_fmt(record['peak_memory_bytes'], 'peak_memory_bytes')} GiB | loss {record['final_loss']:.4f}",
+        f"peak memory {_fmt(record['peak_memory_bytes'], 'peak_memory_bytes')} GiB | "
+        f"loss {record['final_loss']:.4f}{energy}",
     ]
     return "\n".join(lines)
 

@@ -90,6 +90,7 @@ def bench_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("bench") / "record.json"
     argv = [*SMOKE, "--micro_batches=2", "--steps=2", "--warmup_steps=1", "--json", f"--output={output}"]
     argv.append("--config.peak_flops_per_device=1e12")  # a made-up peak so that CPU runs report an MFU
+    argv += ["--config.energy.source=fixed", "--config.energy.fixed_watts=250"]  # a declared power to integrate
     result = subprocess.run(
         [sys.executable, "-c", BENCH_DRIVER, *argv], env=clean_env(2), capture_output=True, text=True, timeout=300
     )
@@ -115,6 +116,10 @@ def test_bench_reports_throughput_and_mfu_by_the_formula_on_cpu(bench_run):
     assert record["peak_memory_bytes"] is None  # CPUs report no memory statistics
     assert math.isfinite(record["final_loss"])
     assert record["settings"]["attention"] == "xla" and record["settings"]["xla_flags_added"] == []
+    # The sampler ran over the timed steps: a constant 250 W integrates exactly; the energy window (sampler
+    # start to the last result) is the timed one give or take its start and stop (5% at 2 steps of ~ms).
+    assert record["power_w"] == pytest.approx(250, rel=1e-9)
+    assert record["energy_per_step_j"] == pytest.approx(250 * record["step_time_s"], rel=0.05)
 
 
 @pytest.mark.slow
