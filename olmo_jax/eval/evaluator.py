@@ -170,7 +170,7 @@ class Evaluator:
         results = EvalResults()
         likelihood = [p for p in self.tasks if not isinstance(p, PreparedGenerativeTask)]
         progress = RateReporter(_label(likelihood), printer) if printer and likelihood else None
-        scored = iter(score_likelihood_tasks(likelihood, scorer, self.save_requests, progress) if likelihood else [])
+        scored = iter(score_likelihood_tasks(likelihood, scorer, self.save_requests, progress))
         for prepared in self.tasks:
             if isinstance(prepared, PreparedGenerativeTask):
                 progress = RateReporter(prepared.task.name, printer) if printer else None
