@@ -117,7 +117,7 @@ def scorers_of(args: argparse.Namespace, model, tokenizer, max_length: int) -> d
             pad_token_id=tokenizer.pad_token_id or 0,
             share_contexts=share,
             pack_length=args.pack_length,
-        )  # fmt: skip
+        )
         for mode, share in (("unshared", False), ("shared", True))
     }
 
@@ -132,6 +132,15 @@ def layout(scorers: dict[str, Scorer], tasks: list) -> dict:
     out["pack_length"] = scorers["shared"].pack_length
     out["tokens_ratio"] = round(out["unshared"]["tokens"] / out["shared"]["tokens"], 3)
     out["padded_ratio"] = round(out["unshared"]["padded_tokens"] / out["shared"]["padded_tokens"], 3)
+    return out
+
+
+def count(args: argparse.Namespace, model, tokenizer, max_length: int) -> dict:
+    """Both modes planned over every task, the model not run: rows, tokens and padding."""
+    tasks = [prepare(task, args, tokenizer) for task in resolve_tasks(args.tasks)]
+    out = {"tasks": args.tasks, "limit": args.limit, "max_length": max_length}
+    out["requests"] = sum(len(prepared.requests) for prepared, _, _ in tasks)
+    out.update(layout(scorers_of(args, model, tokenizer, max_length), tasks))
     return out
 
 
@@ -173,13 +182,7 @@ def main() -> None:
     args = parse_args()
     model, tokenizer, max_length = load_model(args.model, args.max_length)
     if args.count or args.compare:
-        if args.count:
-            tasks = [prepare(task, args, tokenizer) for task in resolve_tasks(args.tasks)]
-            summary = {"tasks": args.tasks, "limit": args.limit, "max_length": max_length}
-            summary["requests"] = sum(len(prepared.requests) for prepared, _, _ in tasks)
-            summary.update(layout(scorers_of(args, model, tokenizer, max_length), tasks))
-        else:
-            summary = compare(args, model, tokenizer, max_length)
+        summary = (count if args.count else compare)(args, model, tokenizer, max_length)
         print(json.dumps(summary), flush=True)
         if args.out is not None:
             args.out.write_text(json.dumps(summary, indent=1))

@@ -241,8 +241,9 @@ def run(config: TrainConfig, *, label: str, steps: int, warmup_steps: int, xla_f
                 jax.block_until_ready(metrics)
         jax.block_until_ready((state, metrics))
         step_time = (time.perf_counter() - start) / steps
-        joules, seconds = sampler.take() if sampler is not None else (None, 0.0)
+        joules, seconds = None, 0.0
         if sampler is not None:
+            joules, seconds = sampler.take()
             sampler.close()
 
     final_loss = float(metrics["loss"])

@@ -236,3 +236,16 @@ def test_tasks_scored_in_one_pass_equal_scored_alone(model):
     assert together[0].tokens == alone[0].tokens and together[2].tokens < alone[2].tokens
     assert one_pass.rows < sum(s.rows for s in alone)  # the tasks' last rows filled each other
     assert max(s.rows for s in together) <= one_pass.rows  # a task's rows: those holding its requests
+    # A task's seconds: its share of the pass by tokens.
+    shares = [s.seconds / together[0].seconds for s in together]
+    assert shares == pytest.approx([s.tokens / together[0].tokens for s in together])
+
+
+def test_the_pack_length_keeps_attention_an_eighth_of_the_matmuls():
+    """tiny (d 256, 4 layers): an eighth at 382 tokens -> bucket 256; OLMo-1B: 2,245 -> the model length."""
+    from olmo_jax.config import load_config
+    from olmo_jax.eval.scoring import default_pack_length
+
+    assert default_pack_length(load_config("tiny").model, 2048) == 256
+    assert default_pack_length(load_config("1b").model, 2048) == 2048
+    assert default_pack_length(load_config("1b").model, 1024) == 1024

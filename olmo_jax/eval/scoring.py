@@ -136,7 +136,8 @@ def default_pack_length(config: ModelConfig, max_length: int) -> int:
     PACK_ATTENTION_SHARE of the matmuls per token. A packed row attends densely, every query against every key
     of the row under a mask, i.e. 2 x layers x T x heads x head_dim multiply-adds per token against one per
     matmul parameter: the `tiny` preset reaches an eighth at 382 tokens (256), OLMo-1B at 2,245 (2048). On the
-    CPU, `tiny` at length 2048 scored core-9 (200 questions each) in 72.5 s packing 256 and 76.4 s packing 512,
+    2-core CPU, `tiny` at length 2048 scored core-9 (200 questions each, one round: `benchmarks/bench_eval.py
+    --limit 200 --max_length 2048 --compare 1 --pack_length N`) in 72.5 s packing 256 and 76.4 s packing 512,
     against 126 s with one row per input."""
     per_key = 2 * config.n_layers * config.n_heads * config.head_dim
     longest = PACK_ATTENTION_SHARE * matmul_params(config) / per_key
